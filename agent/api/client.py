@@ -1,0 +1,239 @@
+"""The Prefect REST client: httpx, typed answers, one retry policy, errors classified once.
+
+Each method is one endpoint. Protocol knowledge that spans a single call (what a
+duplicate-transition REJECT means, for instance) lives here too; anything that spans
+several calls belongs to the runner or the poller.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+import httpx
+
+from agent import __version__
+from agent.api.errors import NotFound, classify_exception, classify_response
+from agent.api.models import (
+    Deployment,
+    FlowRun,
+    OrchestrationResult,
+    ScheduledRun,
+    SetStateStatus,
+    StateType,
+    WorkPool,
+)
+from agent.api.retry import RetryPolicy
+
+__all__ = ["ClaimResult", "PrefectClient", "auth_headers"]
+
+
+def auth_headers(api_key: str | None, auth_string: str | None) -> dict[str, str]:
+    """Prefect's own rule: the basic auth string wins over the API key."""
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    return {}
+
+
+class ClaimResult:
+    __slots__ = ("claimed", "reason", "lease_id")
+
+    def __init__(self, claimed: bool, reason: str = "", lease_id: str | None = None) -> None:
+        self.claimed = claimed
+        self.reason = reason
+        self.lease_id = lease_id
+
+
+class PrefectClient:
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        api_key: str | None = None,
+        auth_string: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.requests_sent = 0
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url,
+            headers={"User-Agent": f"flow-agent/{__version__}", **auth_headers(api_key, auth_string)},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> PrefectClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport -----------------------------------------------------------------------
+
+    async def _send_once(self, method: str, path: str, json: Any, params: Any) -> httpx.Response:
+        self.requests_sent += 1
+        try:
+            response = await self._http.request(method, path, json=json, params=params)
+        except httpx.HTTPError as exc:
+            mapped = classify_exception(exc, self.api_url)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        error = classify_response(response)
+        if error is not None:
+            raise error
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        persistent: bool = False,
+    ) -> Any:
+        """Send one request with the retry policy; the decoded JSON body (or None)."""
+
+        async def once() -> httpx.Response:
+            return await self._send_once(method, path, json, params)
+
+        response = await self.retry.call(once, persistent=persistent)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # -- server ----------------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        await self._send_once("GET", "/health", None, None)
+        return True
+
+    # -- work pools --------------------------------------------------------------------------
+
+    async def read_work_pool(self, name: str) -> WorkPool | None:
+        try:
+            return WorkPool.model_validate(await self.request("GET", f"/work_pools/{name}"))
+        except NotFound:
+            return None
+
+    async def create_work_pool(
+        self, name: str, type: str, base_job_template: dict[str, Any]
+    ) -> WorkPool:
+        body = {"name": name, "type": type, "base_job_template": base_job_template}
+        return WorkPool.model_validate(await self.request("POST", "/work_pools/", json=body))
+
+    async def update_work_pool(self, name: str, **fields: Any) -> None:
+        await self.request("PATCH", f"/work_pools/{name}", json=fields)
+
+    async def heartbeat(self, pool: str, worker_name: str, interval_seconds: float) -> None:
+        body = {"name": worker_name, "heartbeat_interval_seconds": int(interval_seconds)}
+        await self.request("POST", f"/work_pools/{pool}/workers/heartbeat", json=body)
+
+    async def get_scheduled_flow_runs(
+        self,
+        pool: str,
+        *,
+        queues: Sequence[str] = (),
+        scheduled_before: datetime,
+        limit: int | None = None,
+    ) -> list[ScheduledRun]:
+        body: dict[str, Any] = {
+            "work_queue_names": list(queues),
+            "scheduled_before": scheduled_before.isoformat(),
+        }
+        if limit is not None:
+            body["limit"] = limit
+        data = await self.request("POST", f"/work_pools/{pool}/get_scheduled_flow_runs", json=body)
+        return [ScheduledRun.model_validate(item) for item in data or []]
+
+    # -- flow runs -----------------------------------------------------------------------------
+
+    async def read_flow_run(self, run_id: str) -> FlowRun:
+        return FlowRun.model_validate(await self.request("GET", f"/flow_runs/{run_id}"))
+
+    async def read_flow_runs(self, body: dict[str, Any]) -> list[FlowRun]:
+        data = await self.request("POST", "/flow_runs/filter", json=body)
+        return [FlowRun.model_validate(item) for item in data or []]
+
+    async def update_flow_run(self, run_id: str, **fields: Any) -> None:
+        await self.request("PATCH", f"/flow_runs/{run_id}", json=fields, persistent=True)
+
+    async def set_state(
+        self,
+        run_id: str,
+        type: StateType,
+        *,
+        name: str | None = None,
+        message: str | None = None,
+        force: bool = False,
+        transition_id: str | None = None,
+    ) -> OrchestrationResult:
+        """Propose a state; retried until answered, always with the same transition_id.
+
+        The identical body on retry is what makes a retried proposal safe: if the first
+        attempt committed, the server answers REJECT "already made this transition".
+        """
+        body = {
+            "state": {
+                "type": type.value,
+                "name": name or type.value.title(),
+                "message": message,
+                "state_details": {
+                    "flow_run_id": run_id,
+                    "transition_id": transition_id or str(uuid.uuid4()),
+                },
+            },
+            "force": force,
+        }
+        while True:
+            data = await self.request(
+                "POST", f"/flow_runs/{run_id}/set_state", json=body, persistent=True
+            )
+            result = OrchestrationResult.model_validate(data)
+            if result.status is not SetStateStatus.WAIT:
+                return result
+            await anyio.sleep(min(max(result.delay_seconds, 0.1), 30.0))
+
+    async def claim_flow_run(self, run_id: str) -> ClaimResult:
+        """Propose PENDING; exactly one proposer in the world gets `claimed=True`."""
+        transition_id = str(uuid.uuid4())
+        result = await self.set_state(run_id, StateType.PENDING, transition_id=transition_id)
+        state = result.state
+        lease = (state.state_details.get("deployment_concurrency_lease_id") if state else None)
+        if result.status is SetStateStatus.ACCEPT:
+            return ClaimResult(True, lease_id=lease)
+        if (
+            result.status is SetStateStatus.REJECT
+            and state is not None
+            and state.type is StateType.PENDING
+            and state.state_details.get("transition_id") == transition_id
+        ):
+            # Our first attempt committed but its answer was lost; the retry saw our own
+            # transition. That is a successful claim.
+            return ClaimResult(True, lease_id=lease)
+        where = f" into {state.type.value}/{state.name}" if state else ""
+        return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}")
+
+    # -- deployments, logs -----------------------------------------------------------------------
+
+    async def read_deployment(self, deployment_id: str) -> Deployment:
+        return Deployment.model_validate(await self.request("GET", f"/deployments/{deployment_id}"))
+
+    async def create_logs(self, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            await self.request("POST", "/logs/", json=entries)

@@ -1,0 +1,130 @@
+"""Wire models for the parts of the Prefect API the agent reads.
+
+Only the fields we use are declared; everything else is ignored, so newer servers that
+add fields do not break us.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Deployment",
+    "FlowRun",
+    "OrchestrationResult",
+    "ScheduledRun",
+    "SetStateStatus",
+    "State",
+    "StateType",
+    "WorkPool",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class StateType(StrEnum):
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
+
+
+class State(_Model):
+    id: str | None = None
+    type: StateType
+    name: str | None = None
+    message: str | None = None
+    timestamp: datetime | None = None
+    state_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class SetStateStatus(StrEnum):
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
+    ABORT = "ABORT"
+    WAIT = "WAIT"
+
+
+class OrchestrationResult(_Model):
+    state: State | None = None
+    status: SetStateStatus
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return str(self.details.get("reason") or "")
+
+    @property
+    def delay_seconds(self) -> float:
+        return float(self.details.get("delay_seconds") or 0)
+
+
+class FlowRun(_Model):
+    id: str
+    name: str = ""
+    flow_id: str | None = None
+    deployment_id: str | None = None
+    work_queue_name: str | None = None
+    work_pool_name: str | None = None
+    state_type: StateType | None = None
+    state_name: str | None = None
+    state: State | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    job_variables: dict[str, Any] | None = None
+    infrastructure_document_id: str | None = None
+    infrastructure_pid: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    expected_start_time: datetime | None = None
+    next_scheduled_start_time: datetime | None = None
+
+    @property
+    def current_type(self) -> StateType | None:
+        return self.state.type if self.state else self.state_type
+
+
+class ScheduledRun(_Model):
+    """One entry of `get_scheduled_flow_runs`: the run plus the pool and queue it came from."""
+
+    work_pool_id: str
+    work_queue_id: str
+    flow_run: FlowRun
+
+
+class WorkPool(_Model):
+    id: str
+    name: str
+    type: str
+    base_job_template: dict[str, Any] = Field(default_factory=dict)
+    is_paused: bool = False
+    concurrency_limit: int | None = None
+    status: str | None = None
+
+
+class Deployment(_Model):
+    id: str
+    name: str
+    flow_id: str
+    job_variables: dict[str, Any] = Field(default_factory=dict)
+    infrastructure_document_id: str | None = None
+    work_pool_name: str | None = None
+    work_queue_name: str | None = None
+    path: str | None = None
+    entrypoint: str | None = None

@@ -1,0 +1,105 @@
+"""The one small interface every backend implements.
+
+A backend turns a fully resolved `Job` into running infrastructure and reports how it
+ended. It knows nothing of polling, claiming, Prefect states or the server: the runner
+owns all of that. Backends raise only the errors defined here, so the runner can tell a
+bad job (fail that run) from an unavailable platform (retry later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from agent.outcome import Outcome
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "Handle",
+    "InfrastructureNotFound",
+    "Job",
+    "LaunchError",
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a backend needs to launch one flow run, already templated and patched.
+
+    `config` is the backend's own typed configuration (a pydantic model); `env` is the
+    complete environment for the flow run, secrets included, so it must never be logged.
+    """
+
+    flow_run_id: str
+    flow_run_name: str
+    config: Any
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A self-contained reference to launched infrastructure.
+
+    `pid` is what the server stores as `infrastructure_pid`; any agent can rebuild a
+    handle from it with `Backend.parse_pid` and kill or inspect the workload.
+    """
+
+    kind: str
+    pid: str
+    flow_run_id: str = ""
+
+
+class BackendError(Exception):
+    """Base for errors a backend reports; `str()` is safe to show a user (no secrets)."""
+
+
+class LaunchError(BackendError):
+    """The job cannot be launched as configured: fail this run, do not retry."""
+
+
+class BackendUnavailable(BackendError):
+    """The platform could not be reached or throttled us: the operation may be retried."""
+
+
+class InfrastructureNotFound(BackendError):
+    """The workload named by a handle does not exist (any more)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    kind: ClassVar[str]
+
+    async def launch(self, job: Job) -> Handle:
+        """Start the workload; return as soon as it exists."""
+        ...
+
+    async def wait(self, handle: Handle) -> Outcome:
+        """Block until the workload has ended. A failed workload is an Outcome, not an error."""
+        ...
+
+    async def kill(self, handle: Handle, grace: float) -> None:
+        """Stop politely, then forcefully after `grace` seconds. Idempotent."""
+        ...
+
+    async def inspect(self, handle: Handle) -> Outcome | None:
+        """The outcome if the workload has ended, None while it runs (for reconciliation)."""
+        ...
+
+    def parse_pid(self, pid: str, flow_run_id: str = "") -> Handle:
+        """Rebuild a handle from an `infrastructure_pid` string."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and watchers."""
+        ...
+
+
+def describe(config: Any) -> Mapping[str, Any]:
+    """A loggable summary of a job config: pydantic models dump, secrets stay out."""
+    if hasattr(config, "model_dump"):
+        return config.model_dump(exclude={"env"}, mode="json")
+    return {}
