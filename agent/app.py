@@ -1,0 +1,182 @@
+"""The composition root: build the parts, run the loops, stop in stages.
+
+Stage one (first SIGTERM/SIGINT): stop claiming, let launches in progress finish and be
+reported, let running runs go on for `shutdown_grace`. Stage two (second signal or the
+grace expiring): kill what still runs and report it. A third signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+
+import anyio
+from anyio.abc import TaskGroup
+
+from agent.api import AuthError, PrefectClient, TransientError
+from agent.backends.base import Backend
+from agent.backends.process import ProcessBackend
+from agent.deployments import DeploymentCache
+from agent.jobs import JobBuilder
+from agent.observe.logging import get_logger, set_log_sink
+from agent.observe.shipper import LogShipper
+from agent.poller import Poller
+from agent.pools import PoolError, Pools
+from agent.runner import Runner
+from agent.settings import Settings
+from agent.slots import Slots
+from agent.watchdog import Watchdog
+
+__all__ = ["Agent", "serve"]
+
+log = get_logger("agent.app")
+
+
+class Agent:
+    """All the parts of one running agent, wired from one Settings object."""
+
+    def __init__(self, settings: Settings, api: PrefectClient, *, environ: Mapping[str, str]) -> None:
+        assert settings.api_url is not None
+        self.settings = settings
+        self.api = api
+        self.backends: dict[str, Backend] = {"process": ProcessBackend(python=settings.python)}
+        self.pools = Pools(
+            api, settings.pools, create_missing=settings.create_pools, supported_types=self.backends
+        )
+        self.slots = Slots(settings.limit)
+        secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
+        jobs = JobBuilder(
+            api_url=settings.api_url,
+            api_key=secret(settings.api_key),
+            auth_string=secret(settings.api_auth_string),
+            base_env=environ,
+            worker_name=settings.name,
+        )
+        self.runner = Runner(
+            api, self.backends, jobs, DeploymentCache(api), kill_grace=settings.kill_grace
+        )
+        self.poller = Poller(
+            api,
+            self.pools,
+            self.slots,
+            self.runner,
+            queues=settings.queues,
+            interval=settings.poll_interval,
+            prefetch=settings.prefetch_seconds,
+            claim_concurrency=settings.claim_concurrency,
+        )
+        self.watchdog = Watchdog(
+            api,
+            self.pools,
+            self.runner,
+            worker_name=settings.name,
+            heartbeat_interval=settings.heartbeat_interval,
+            cancel_interval=settings.cancel_check_interval,
+        )
+        self.stop = anyio.Event()
+        self.force = anyio.Event()
+
+    async def _ensure_pools(self) -> None:
+        """Wait for the server as long as it takes: an outage at start is not fatal."""
+        while not self.stop.is_set():
+            try:
+                await self.pools.ensure_all()
+                return
+            except TransientError as exc:
+                log.warning("Prefect server not reachable; retrying", error=str(exc))
+                with anyio.move_on_after(self.settings.retry_max):
+                    await self.stop.wait()
+
+    async def run(self) -> None:
+        await self._ensure_pools()
+        if self.stop.is_set():
+            return
+        await self.watchdog.heartbeat_once()
+        log.info(
+            "flow-agent started",
+            name=self.settings.name,
+            pools=self.pools.names,
+            queues=self.settings.queues or "all",
+            limit=self.settings.limit,
+            api_url=self.settings.api_url,
+        )
+        async with anyio.create_task_group() as services:
+            services.start_soon(self.watchdog.heartbeat_loop)
+            async with anyio.create_task_group() as runs:
+                services.start_soon(self.watchdog.cancel_loop, runs)
+                await self.poller.run(self.stop, runs)
+                await self._drain()
+            services.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        in_flight = len(self.runner.in_flight_ids)
+        log.info("stopping: no new claims", in_flight=in_flight, grace=self.settings.shutdown_grace)
+        await self.runner.wait_launches()
+        with anyio.move_on_after(self.settings.shutdown_grace):
+            async with anyio.create_task_group() as tg:
+
+                async def first(wait) -> None:  # type: ignore[no-untyped-def]
+                    await wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(first, self.runner.wait_idle)
+                tg.start_soon(first, self.force.wait)
+        if self.runner.in_flight_ids:
+            log.warning("killing runs still in flight", count=len(self.runner.in_flight_ids))
+            await self.runner.kill_all()
+
+
+async def _signals(agent: Agent, tg: TaskGroup) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        count = 0
+        async for signum in received:
+            count += 1
+            name = signal.Signals(signum).name
+            if count == 1:
+                log.info(f"{name} received: draining; send it again to kill running flow runs")
+                agent.stop.set()
+            elif count == 2:
+                log.warning(f"{name} received again: killing running flow runs")
+                agent.force.set()
+            else:
+                log.error(f"{name} received a third time: exiting now")
+                os._exit(1)
+
+
+async def serve(settings: Settings, *, environ: Mapping[str, str]) -> int:
+    """Run one agent until it is stopped; the process exit status."""
+    assert settings.api_url is not None
+    api = PrefectClient(
+        settings.api_url,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
+        retry=settings.retry_policy,
+        timeout=settings.request_timeout,
+    )
+    shipper = LogShipper(api, interval=settings.log_flush_interval)
+    set_log_sink(shipper)
+    agent = Agent(settings, api, environ=environ)
+    status = 0
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_signals, agent, tg)
+            tg.start_soon(shipper.run)
+            try:
+                await agent.run()
+            finally:
+                tg.cancel_scope.cancel()
+    except* AuthError as group:
+        log.error(str(group.exceptions[0]))
+        status = 2
+    except* PoolError as group:
+        log.error(str(group.exceptions[0]))
+        status = 2
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await shipper.flush()
+            for backend in agent.backends.values():
+                await backend.aclose()
+            await api.aclose()
+    log.info("flow-agent stopped", status=status)
+    return status

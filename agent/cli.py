@@ -1,0 +1,120 @@
+"""The `flow-agent` command line: builds Settings once and hands over to the app.
+
+This module and `settings.py` are the only places that read the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from pydantic import ValidationError
+
+from agent import __version__
+from agent.observe.logging import configure_logging
+from agent.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="flow-agent",
+    help="A lean, fast, crash-safe agent for Prefect servers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EMBEDDED_POOL = "local"
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Flags win over FLOW_AGENT_* and PREFECT_* variables; a bad value exits with its name."""
+    given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            env = f"FLOW_AGENT_{field.upper()}"
+            typer.echo(
+                f"error: invalid setting {field!r} (flag --{field.replace('_', '-')} or {env}): "
+                f"{error['msg']}",
+                err=True,
+            )
+        raise typer.Exit(2) from None
+
+
+def _configure_logs(settings: Settings) -> None:
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+
+
+def _run_agent(settings: Settings) -> int:
+    from agent.app import serve
+
+    return anyio.run(lambda: serve(settings, environ=dict(os.environ)))
+
+
+@app.command()
+def start(
+    pool: Annotated[list[str] | None, typer.Option("--pool", "-p", help="Work pool to serve (repeatable).")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", "-q", help="Only these queues (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs in flight at once.")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name shown in the Prefect UI.")] = None,
+    poll_interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
+    create_pools: Annotated[bool | None, typer.Option("--create-pools/--no-create-pools", help="Create missing pools.")] = None,
+) -> None:
+    """Serve work pools: claim their scheduled flow runs and launch them."""
+    settings = _settings(
+        pools=pool,
+        queues=queue,
+        limit=limit,
+        name=name,
+        poll_interval=poll_interval,
+        log_format=log_format,
+        create_pools=create_pools,
+    )
+    _configure_logs(settings)
+    if settings.api_url is not None:
+        raise typer.Exit(_run_agent(settings))
+    from agent.embedded import ServerExtraMissing, embedded_server
+
+    try:
+        with embedded_server(
+            data_dir=settings.data_dir,
+            port=settings.server_port,
+            python=settings.python,
+            echo=lambda line: typer.echo(line, err=True),
+        ) as api_url:
+            pools = settings.pools or [EMBEDDED_POOL]
+            local = settings.model_copy(update={"api_url": api_url, "pools": pools})
+            typer.echo(f"Serving work pool(s) {', '.join(pools)} on {api_url}", err=True)
+            status = _run_agent(local)
+    except ServerExtraMissing as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
+
+
+@app.command()
+def demo() -> None:
+    """Start a local Prefect server, deploy the examples, run them and show how each ended."""
+    settings = _settings()
+    _configure_logs(settings)
+    from agent.demo import run_demo
+
+    raise typer.Exit(run_demo(settings))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"flow-agent {__version__} (Python {sys.version.split()[0]}, {Path(sys.executable)})")
+
+
+def main() -> None:
+    app()

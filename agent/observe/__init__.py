@@ -1,0 +1,1 @@
+"""Observability: structured logging, secret redaction, shipping run logs to the server."""

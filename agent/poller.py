@@ -1,0 +1,148 @@
+"""Finding work: wait for a free slot → poll each pool → claim → hand to the runner.
+
+The poll loop never awaits a run; it starts each claimed run in the app's task group and
+goes back to polling. A full page is followed by another poll at once, because scheduled
+work comes in bursts; otherwise it sleeps a jittered interval.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import anyio
+from anyio.abc import TaskGroup
+
+from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
+from agent.observe.logging import get_logger
+from agent.pools import Pools
+from agent.runner import Runner
+from agent.slots import Slots
+
+__all__ = ["Poller"]
+
+log = get_logger("agent.poller")
+
+_SERVER_PAGE = 200  # the server's default limit when we ask for "all"
+
+
+class Poller:
+    def __init__(
+        self,
+        api: PrefectClient,
+        pools: Pools,
+        slots: Slots,
+        runner: Runner,
+        *,
+        queues: Sequence[str],
+        interval: float,
+        prefetch: float,
+        claim_concurrency: int,
+    ) -> None:
+        self._api = api
+        self._pools = pools
+        self._slots = slots
+        self._runner = runner
+        self._queues = list(queues)
+        self._interval = interval
+        self._prefetch = prefetch
+        self._claims = anyio.CapacityLimiter(claim_concurrency)
+        self.last_poll: float | None = None  # monotonic time of the last successful poll
+        self.claimed = 0
+
+    async def run(self, stop: anyio.Event, runs: TaskGroup) -> None:
+        """Poll until `stop` is set; claimed runs are started in `runs`."""
+        while not stop.is_set():
+            with anyio.move_on_after(self._interval) as waiting_for_slot:
+                await _first(self._slots.wait_free, stop.wait)
+            if stop.is_set():
+                return
+            if waiting_for_slot.cancelled_caught:
+                continue
+            full = await self.poll_once(stop, runs)
+            if not full:
+                await _sleep_or(stop, self._interval * random.uniform(0.9, 1.1))
+
+    async def poll_once(self, stop: anyio.Event, runs: TaskGroup) -> bool:
+        """One pass over every pool; True if some pool returned a full page."""
+        full = False
+        for name in self._pools.names:
+            free = self._slots.free
+            if free == 0 or stop.is_set():
+                break
+            scheduled = await self._poll_pool(name, free)
+            if scheduled is None:
+                continue
+            full |= len(scheduled) >= (free or _SERVER_PAGE)
+            await self._claim_all(scheduled, stop, runs)
+        return full
+
+    async def _poll_pool(self, name: str, limit: int | None) -> list[ScheduledRun] | None:
+        before = datetime.now(UTC) + timedelta(seconds=self._prefetch)
+        try:
+            found = await self._api.get_scheduled_flow_runs(
+                name, queues=self._queues, scheduled_before=before, limit=limit
+            )
+        except TransientError as exc:
+            log.warning("poll failed; polling again later", pool=name, error=str(exc))
+            return None
+        except NotFound as exc:
+            log.error("work pool or queue not found; recreating the pool", pool=name, error=exc.detail)
+            await self._pools.ensure(name)
+            return None
+        self.last_poll = time.monotonic()
+        return found
+
+    async def _claim_all(self, scheduled: list[ScheduledRun], stop: anyio.Event, runs: TaskGroup) -> None:
+        async with anyio.create_task_group() as claims:
+            for item in scheduled:
+                if stop.is_set() or not self._slots.try_take():
+                    break
+                claims.start_soon(self._claim, item, stop, runs)
+
+    async def _claim(self, item: ScheduledRun, stop: anyio.Event, runs: TaskGroup) -> None:
+        run = item.flow_run
+        async with self._claims:
+            if stop.is_set():  # stopping: claim nothing more
+                self._slots.release()
+                return
+            try:
+                result = await self._api.claim_flow_run(run.id)
+            except AuthError:
+                self._slots.release()
+                raise
+            except ApiError as exc:  # e.g. the run was deleted since the poll
+                self._slots.release()
+                log.warning("could not claim run", flow_run_id=run.id, error=str(exc))
+                return
+        if not result.claimed:
+            self._slots.release()
+            log.debug("run taken by someone else", flow_run_id=run.id, reason=result.reason)
+            return
+        pool = self._pools.by_id(item.work_pool_id)
+        if pool is None:  # cannot happen for runs we polled, but never launch blind
+            self._slots.release()
+            log.error("claimed a run of an unknown pool", flow_run_id=run.id)
+            return
+        self.claimed += 1
+        log.info("claimed flow run", flow_run_id=run.id, flow_run_name=run.name, pool=pool.name, ship=True)
+        runs.start_soon(self._runner.execute, run, pool, self._slots.release)
+
+
+async def _first(*waits: object) -> None:
+    """Return when the first of the given awaitables-factories returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def one(wait: object) -> None:
+            await wait()  # type: ignore[operator]
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
+
+
+async def _sleep_or(stop: anyio.Event, seconds: float) -> None:
+    with anyio.move_on_after(seconds):
+        await stop.wait()

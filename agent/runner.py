@@ -1,0 +1,189 @@
+"""One claimed run, from resolution to its final report.
+
+resolve → launch → report `infrastructure_pid` → wait → report the outcome. A run that
+cannot be resolved or launched is reported CRASHED with the reason; a run killed because
+the user cancelled it is reported CANCELLED; a run killed because the agent is stopping
+is reported CRASHED saying so. Nothing raised here may escape and stop the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import anyio
+
+from agent.api import FlowRun, PrefectClient, StateType, WorkPool
+from agent.api.models import SetStateStatus
+from agent.backends.base import Backend, BackendError, Handle, Job
+from agent.deployments import DeploymentCache
+from agent.infra import InfraError
+from agent.jobs import JobBuilder
+from agent.observe.logging import get_logger
+from agent.outcome import Outcome
+
+__all__ = ["Runner"]
+
+
+class KillReason(StrEnum):
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass
+class _InFlight:
+    run: FlowRun
+    backend: Backend
+    handle: Handle | None = None
+    kill_reason: KillReason | None = None
+    launched: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Runner:
+    def __init__(
+        self,
+        api: PrefectClient,
+        backends: Mapping[str, Backend],
+        jobs: JobBuilder,
+        deployments: DeploymentCache,
+        *,
+        kill_grace: float,
+    ) -> None:
+        self._api = api
+        self._backends = backends
+        self._jobs = jobs
+        self._deployments = deployments
+        self._kill_grace = kill_grace
+        self._in_flight: dict[str, _InFlight] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # -- what the watchdog and the app look at -------------------------------------------------
+
+    @property
+    def in_flight_ids(self) -> list[str]:
+        return list(self._in_flight)
+
+    @property
+    def launching(self) -> int:
+        return sum(1 for f in self._in_flight.values() if not f.launched.is_set())
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def wait_launches(self) -> None:
+        for entry in list(self._in_flight.values()):
+            await entry.launched.wait()
+
+    # -- one run -------------------------------------------------------------------------------
+
+    async def execute(self, run: FlowRun, pool: WorkPool, release: Callable[[], None]) -> None:
+        """Take a claimed run to its end. Never raises (except cancellation)."""
+        log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
+        backend = self._backends[pool.type]
+        entry = _InFlight(run, backend)
+        self._in_flight[run.id] = entry
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        try:
+            await self._execute(entry, pool, log)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
+            log.exception("flow-agent failed while handling this run")
+            with contextlib.suppress(Exception):
+                await self._crash(run.id, f"flow-agent failed while handling this run: {exc}")
+        finally:
+            entry.launched.set()
+            self._in_flight.pop(run.id, None)
+            release()
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _execute(self, entry: _InFlight, pool: WorkPool, log: object) -> None:
+        run = entry.run
+        try:
+            deployment = await self._deployments.get(run.deployment_id)
+            job = self._jobs.build(run, pool, deployment)
+        except InfraError as exc:
+            log.error("cannot resolve the run's infrastructure", error=str(exc))
+            await self._crash(run.id, f"flow-agent could not resolve the infrastructure: {exc}")
+            return
+        try:
+            handle = await entry.backend.launch(job)
+        except BackendError as exc:
+            log.error("cannot launch the run", error=str(exc))
+            await self._crash(run.id, f"flow-agent could not launch the infrastructure: {exc}")
+            return
+        entry.handle = handle
+        entry.launched.set()
+        log.info("launched flow run", backend=handle.kind, infrastructure_pid=handle.pid)
+        if entry.kill_reason is not None:  # cancelled or stopped while we were launching
+            await self._kill(entry)
+        await self._api.update_flow_run(run.id, infrastructure_pid=handle.pid)
+        outcome = await entry.backend.wait(handle)
+        await self._report(entry, outcome, log)
+
+    async def _report(self, entry: _InFlight, outcome: Outcome, log: object) -> None:
+        run_id, pid = entry.run.id, entry.handle.pid if entry.handle else "?"
+        if entry.kill_reason is KillReason.CANCEL:
+            log.info("flow run cancelled; its infrastructure was killed", infrastructure_pid=pid)
+            await self._api.set_state(
+                run_id,
+                StateType.CANCELLED,
+                message=f"Flow run was cancelled; flow-agent killed its infrastructure ({pid}).",
+                force=True,
+            )
+            return
+        if entry.kill_reason is KillReason.SHUTDOWN:
+            message = (
+                f"flow-agent was stopped before the flow run finished and killed its "
+                f"infrastructure ({pid}); {outcome.message()}"
+            )
+            log.warning("flow run killed because flow-agent is stopping", infrastructure_pid=pid)
+            await self._crash(run_id, message)
+            return
+        if outcome.succeeded:
+            log.info("infrastructure exited cleanly", infrastructure_pid=pid)
+            return
+        log.error(f"infrastructure failed: {outcome.message()}", infrastructure_pid=pid)
+        log.info(f"resolution: {outcome.resolution()}")
+        result = await self._crash(run_id, outcome.message())
+        if result is not SetStateStatus.ACCEPT:
+            log.info("run already ended on its own; its final state is kept")
+
+    async def _crash(self, run_id: str, message: str) -> SetStateStatus:
+        # Without force the server refuses to overwrite a terminal state (ABORT), which is
+        # exactly "unless the run already reached a terminal state" in one request.
+        result = await self._api.set_state(run_id, StateType.CRASHED, message=message[:2000])
+        return result.status
+
+    # -- killing -----------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str) -> None:
+        """The user cancelled the run: kill its infrastructure; `execute` reports CANCELLED."""
+        await self._request_kill(run_id, KillReason.CANCEL)
+
+    async def kill_all(self) -> None:
+        """Stage two of shutdown: kill whatever still runs, concurrently."""
+        async with anyio.create_task_group() as tg:
+            for run_id in list(self._in_flight):
+                tg.start_soon(self._request_kill, run_id, KillReason.SHUTDOWN)
+
+    async def _request_kill(self, run_id: str, reason: KillReason) -> None:
+        entry = self._in_flight.get(run_id)
+        if entry is None or entry.kill_reason is not None:
+            return
+        entry.kill_reason = reason
+        if entry.handle is not None:
+            await self._kill(entry)
+
+    async def _kill(self, entry: _InFlight) -> None:
+        log = get_logger("agent.runner", flow_run_id=entry.run.id, ship=True)
+        assert entry.handle is not None
+        log.info("killing infrastructure", reason=str(entry.kill_reason), grace=self._kill_grace)
+        try:
+            await entry.backend.kill(entry.handle, self._kill_grace)
+        except BackendError as exc:
+            log.error("could not kill the infrastructure", error=str(exc))
