@@ -60,13 +60,20 @@ def _run_agent(settings: Settings) -> int:
 
 @app.command()
 def start(
-    pool: Annotated[list[str] | None, typer.Option("--pool", "-p", help="Work pool to serve (repeatable).")] = None,
-    queue: Annotated[list[str] | None, typer.Option("--queue", "-q", help="Only these queues (repeatable).")] = None,
+    pool: Annotated[
+        list[str] | None, typer.Option("--pool", "-p", help="Work pool to serve (repeatable).")
+    ] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Only these queues (repeatable).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Most flow runs in flight at once.")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name shown in the Prefect UI.")] = None,
     poll_interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
     log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
-    create_pools: Annotated[bool | None, typer.Option("--create-pools/--no-create-pools", help="Create missing pools.")] = None,
+    create_pools: Annotated[
+        bool | None,
+        typer.Option("--create-pools/--no-create-pools", help="Create missing pools."),
+    ] = None,
 ) -> None:
     """Serve work pools: claim their scheduled flow runs and launch them."""
     settings = _settings(

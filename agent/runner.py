@@ -17,7 +17,7 @@ import anyio
 
 from agent.api import FlowRun, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
-from agent.backends.base import Backend, BackendError, Handle, Job
+from agent.backends.base import Backend, BackendError, Handle
 from agent.deployments import DeploymentCache
 from agent.infra import InfraError
 from agent.jobs import JobBuilder

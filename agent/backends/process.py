@@ -192,7 +192,10 @@ def _group_alive(pid: int) -> bool:
 def _launch_message(command: list[str], cwd: object, exc: OSError) -> str:
     program = command[0] if command else "<empty>"
     if isinstance(exc, FileNotFoundError) and exc.filename == str(cwd):
-        return f"working_dir {cwd} does not exist; set the job variable 'working_dir' to an existing directory"
+        return (
+            f"working_dir {cwd} does not exist; "
+            "set the job variable 'working_dir' to an existing directory"
+        )
     if isinstance(exc, FileNotFoundError):
         return (
             f"command not found: {program!r}; set the job variable 'command' to a program on the "

@@ -1,0 +1,84 @@
+"""The process backend with real processes: exit codes, process groups, output."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from agent.backends.base import Job, LaunchError
+from agent.backends.process import ProcessBackend
+from agent.infra import process_config
+from agent.outcome import Reason
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+
+def _job(command: str, **extra: object) -> Job:
+    config = process_config({"command": command, **extra}, source="test")
+    return Job("run-1", "run", config, env={"PATH": os.environ["PATH"], "SECRET": "x"})
+
+
+def _run(command: str, **extra: object):
+    async def scenario():
+        backend = ProcessBackend(python=sys.executable, hostname="here")
+        handle = await backend.launch(_job(command, **extra))
+        assert handle.pid.startswith("here:")
+        return await backend.wait(handle)
+
+    return anyio.run(scenario)
+
+
+def test_exit_code_and_last_output_are_reported() -> None:
+    outcome = _run("sh -c 'echo about to fail; exit 3'")
+    assert outcome.reason is Reason.EXITED and outcome.exit_code == 3
+    assert "about to fail" in outcome.detail
+
+
+def test_sigkill_is_a_negative_code_with_oom_warning() -> None:
+    outcome = _run("sh -c 'kill -9 $$'")
+    assert outcome.exit_code == -9 and outcome.oom
+
+
+def test_runs_in_the_given_working_dir(tmp_path: Path) -> None:
+    outcome = _run("sh -c 'pwd > here.txt'", working_dir=str(tmp_path))
+    assert outcome.succeeded
+    assert (tmp_path / "here.txt").read_text().strip() == str(tmp_path)
+
+
+def test_missing_program_is_a_launch_error_naming_the_fix() -> None:
+    with pytest.raises(LaunchError, match="command not found.*'command'"):
+        _run("no-such-program-xyz")
+
+
+def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+
+    async def scenario():
+        backend = ProcessBackend(python=sys.executable, hostname="here")
+        # the shell ignores SIGTERM, so the kill must escalate; its child must die too
+        handle = await backend.launch(
+            _job(f"sh -c 'trap \"\" TERM; sleep 300 & echo $! > {marker}; wait'")
+        )
+        while not marker.exists() or not marker.read_text().strip():
+            await anyio.sleep(0.05)
+        grandchild = int(marker.read_text())
+        await backend.kill(handle, grace=0.5)
+        outcome = await backend.wait(handle)
+        await backend.kill(handle, grace=0.5)  # idempotent
+        return grandchild, outcome
+
+    grandchild, outcome = anyio.run(scenario)
+    assert outcome.exit_code == -9
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
+
+
+def test_a_handle_from_another_host_is_refused() -> None:
+    backend = ProcessBackend(python=sys.executable, hostname="here")
+    handle = backend.parse_pid("elsewhere:123")
+    with pytest.raises(Exception, match="elsewhere"):
+        anyio.run(lambda: backend.kill(handle, 1))
