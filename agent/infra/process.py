@@ -1,0 +1,240 @@
+"""Typed configuration of the local process backend, from a resolved job configuration.
+
+Fields and defaults are those of Prefect's `process` pool (3.8.8 `ProcessJobConfiguration`),
+with the command kept as an argument list instead of a string to be split at launch.
+Validation errors become one-line `InfraError`s that name the job variable, the source
+and the fix, and never show an environment value (they are often secrets).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PureWindowsPath
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from agent.infra.templating import InfraError
+
+__all__ = ["ProcessJobConfig", "process_config"]
+
+# Error type of our own validators: their message is already worded for the user and
+# `ctx["fix"]` says what to do.
+_CUSTOM: Final = "flow_agent"
+
+
+def _custom(message: str, fix: str, **ctx: str) -> PydanticCustomError:
+    return PydanticCustomError(_CUSTOM, message, {"fix": fix, **ctx})
+
+
+def _split_command(value: Any) -> Any:
+    """A string is split like a shell would; empty strings and lists mean "the default"."""
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(value)
+        except ValueError as exc:  # unbalanced quotes, trailing backslash
+            raise _custom(
+                "could not be split into arguments ({reason})",
+                "balance the quotes, or give the command as a list of strings",
+                reason=str(exc),
+            ) from None
+        return parts or None
+    if isinstance(value, list | tuple) and not value:
+        return None
+    return value
+
+
+def _coerce_env_value(value: Any) -> Any:
+    # Prefect coerces with str(), so True becomes "True"; objects and lists are rejected
+    # here instead of being turned into their Python repr.
+    return str(value) if isinstance(value, bool | int | float) else value
+
+
+def _check_env_name(name: str) -> str:
+    if not name or "=" in name or "\0" in name:
+        raise _custom(
+            "is not a valid environment variable name",
+            "use a non-empty name without '=' or NUL characters",
+        )
+    return name
+
+
+def _check_env_value(value: str | None) -> str | None:
+    if value is not None and "\0" in value:
+        raise _custom("contains a NUL character (value hidden)", "remove the NUL character")
+    return value
+
+
+def _bool_words(value: Any) -> Any:
+    # `{{ $VAR }}` always renders a string, so accept the two JSON words; pydantic's lax
+    # mode would also take "yes", "on", 1 ... which a JSON schema boolean does not.
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value
+
+
+def _platform_path(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        # As Prefect does: a relative path written on Windows ("flows\\etl") works here.
+        return Path(PureWindowsPath(value).as_posix())
+    return value
+
+
+def _must_be_directory(value: Path | None) -> Path | None:
+    if value is not None and value.exists() and not value.is_dir():
+        raise _custom(
+            "must be a directory, but {path} is not one",
+            "point it at a directory, or leave it empty to run in a temporary directory",
+            path=str(value),
+        )
+    return value
+
+
+Command = Annotated[list[str] | None, BeforeValidator(_split_command)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+EnvValue = Annotated[str | None, BeforeValidator(_coerce_env_value), AfterValidator(_check_env_value)]
+StreamOutput = Annotated[bool, Strict(), BeforeValidator(_bool_words)]
+WorkingDir = Annotated[Path | None, BeforeValidator(_platform_path), AfterValidator(_must_be_directory)]
+
+
+class ProcessJobConfig(BaseModel):
+    """How to start one flow run as a local process.
+
+    `command` None means the backend's default engine command; `env` values of None
+    unset a variable; `working_dir` None means a fresh temporary directory. The repr
+    shows env names only: the values are often secrets.
+    """
+
+    # extra="ignore": pools may declare variables of their own (used elsewhere in the
+    # template); rejecting them would break pools that work with `prefect worker start`.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    command: Command = None
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    name: str | None = None
+    stream_output: StreamOutput = True
+    working_dir: WorkingDir = None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for field, value in super().__repr_args__():
+            if field == "env":
+                yield field, {key: "<hidden>" for key in value}
+            else:
+                yield field, value
+
+
+# field -> (what the field must be, what one item of it must be, fix for the field,
+# fix for an item)
+_HELP: Final[dict[str, tuple[str, str, str, str]]] = {
+    "command": (
+        "a command line string or a list of strings",
+        "a string",
+        'give a command such as "python -m prefect.engine", or leave it empty for the default',
+        "give every argument as a string",
+    ),
+    "env": (
+        'an object of NAME: "value" strings',
+        "a string, a number, a boolean or null",
+        'give env as an object such as {"NAME": "value"}',
+        'quote the value as a string, e.g. "1", or use null to unset the variable',
+    ),
+    "labels": (
+        "an object of string values",
+        "a string",
+        'give labels as an object such as {"team": "data"}',
+        "quote each label value as a string",
+    ),
+    "name": ("a string or null", "", "set it to a string, or leave it empty", ""),
+    "stream_output": ("a boolean", "", "set it to true or false", ""),
+    "working_dir": (
+        "a directory path",
+        "",
+        "set it to a directory, or leave it empty to run in a temporary directory",
+        "",
+    ),
+}
+_UNKNOWN_HELP: Final = ("valid", "valid", "correct it", "correct it")
+# Values of these fields are never echoed: env holds secrets, a command may embed one.
+_HIDDEN: Final = frozenset({"env", "command"})
+_JSON_TYPES: Final = {
+    dict: "object",
+    list: "list",
+    tuple: "list",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any, hidden: bool) -> str:
+    if hidden:
+        return f"{_json_type(value)}, value hidden"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """("env", "FOO") -> "env.FOO"; ("command", 0) -> "command[0]"; dict-key markers dropped."""
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _error_line(error: ErrorDetails, source: str) -> tuple[str, str]:
+    """(one-line message, field path) for one pydantic error."""
+    path = _path(error["loc"])
+    field = str(error["loc"][0]) if error["loc"] else "job_configuration"
+    whole, item, whole_fix, item_fix = _HELP.get(field, _UNKNOWN_HELP)
+    fix = whole_fix if path == field else item_fix
+    where = f"job variable {path!r}" + (f" from {source}" if source else "")
+    if error["type"] == _CUSTOM:
+        return f"{where} {error['msg']}; {error.get('ctx', {}).get('fix', fix)}", path
+    expected = whole if path == field else item
+    got = _describe(error.get("input"), field in _HIDDEN)
+    return f"{where} must be {expected} (got {got}); {fix}", path
+
+
+def process_config(resolved: Mapping[str, Any], *, source: str) -> ProcessJobConfig:
+    """Validate a resolved job configuration into a `ProcessJobConfig`.
+
+    Raises `InfraError` for the first problem found. The pydantic error is not chained
+    (`from None`): it carries the offending input, which may be a secret.
+    """
+    if not isinstance(resolved, Mapping):
+        where = f" of {source}" if source else ""
+        raise InfraError(
+            f"job configuration{where} must be an object (got {_json_type(resolved)}); "
+            "fix the work pool's base job template",
+            field="job_configuration",
+            source=source,
+        )
+    try:
+        return ProcessJobConfig.model_validate(dict(resolved))
+    except ValidationError as exc:
+        message, path = _error_line(exc.errors(include_url=False)[0], source)
+    raise InfraError(message, field=path, source=source) from None
