@@ -18,6 +18,7 @@ from agent.api import AuthError, PrefectClient, TransientError
 from agent.backends.base import Backend
 from agent.backends.process import ProcessBackend
 from agent.deployments import DeploymentCache
+from agent.events import EventStream
 from agent.jobs import JobBuilder
 from agent.observe.logging import get_logger, set_log_sink
 from agent.observe.shipper import LogShipper
@@ -74,6 +75,13 @@ class Agent:
             heartbeat_interval=settings.heartbeat_interval,
             cancel_interval=settings.cancel_check_interval,
         )
+        self.events = EventStream(
+            settings.api_url,
+            token=secret(settings.api_auth_string) or secret(settings.api_key),
+            pool_ids=lambda: [self.pools.get(name).id for name in self.pools.names],
+            on_scheduled=self.poller.wake,
+            on_cancelling=self.watchdog.wake,
+        )
         self.stop = anyio.Event()
         self.force = anyio.Event()
 
@@ -103,6 +111,8 @@ class Agent:
         )
         async with anyio.create_task_group() as services:
             services.start_soon(self.watchdog.heartbeat_loop)
+            if self.settings.events:
+                services.start_soon(self.events.run)
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
                 await self.poller.run(self.stop, runs)

@@ -88,7 +88,7 @@ def start(
     _configure_logs(settings)
     if settings.api_url is not None:
         raise typer.Exit(_run_agent(settings))
-    from agent.embedded import ServerExtraMissing, embedded_server
+    from agent.embedded import ServerExtraMissing, ServerStartError, embedded_server
 
     try:
         with embedded_server(
@@ -101,7 +101,7 @@ def start(
             local = settings.model_copy(update={"api_url": api_url, "pools": pools})
             typer.echo(f"Serving work pool(s) {', '.join(pools)} on {api_url}", err=True)
             status = _run_agent(local)
-    except ServerExtraMissing as exc:
+    except (ServerExtraMissing, ServerStartError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(status)

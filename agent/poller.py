@@ -51,6 +51,11 @@ class Poller:
         self._claims = anyio.CapacityLimiter(claim_concurrency)
         self.last_poll: float | None = None  # monotonic time of the last successful poll
         self.claimed = 0
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        """Poll now instead of at the end of the interval (new runs were scheduled)."""
+        self._wake.set()
 
     async def run(self, stop: anyio.Event, runs: TaskGroup) -> None:
         """Poll until `stop` is set; claimed runs are started in `runs`."""
@@ -61,9 +66,12 @@ class Poller:
                 return
             if waiting_for_slot.cancelled_caught:
                 continue
+            # reset before polling: a wake-up that arrives during the poll means poll again
+            self._wake = anyio.Event()
             full = await self.poll_once(stop, runs)
             if not full:
-                await _sleep_or(stop, self._interval * random.uniform(0.9, 1.1))
+                with anyio.move_on_after(self._interval * random.uniform(0.9, 1.1)):
+                    await _first(stop.wait, self._wake.wait)
 
     async def poll_once(self, stop: anyio.Event, runs: TaskGroup) -> bool:
         """One pass over every pool; True if some pool returned a full page."""
@@ -141,8 +149,3 @@ async def _first(*waits: object) -> None:
 
         for wait in waits:
             tg.start_soon(one, wait)
-
-
-async def _sleep_or(stop: anyio.Event, seconds: float) -> None:
-    with anyio.move_on_after(seconds):
-        await stop.wait()

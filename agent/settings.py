@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(30.0, gt=0)
     cancel_check_interval: float = Field(2.0, gt=0)
     claim_concurrency: int = Field(8, ge=1)
+    events: bool = Field(True, description="Use the server's event stream to react at once.")
     log_flush_interval: float = Field(1.0, gt=0)
 
     # -- shutdown and kills (seconds) -------------------------------------------------------------

@@ -40,7 +40,13 @@ class Watchdog:
         self._heartbeat_interval = heartbeat_interval
         self._cancel_interval = cancel_interval
         self._cancelling: set[str] = set()
+        self._check_now = anyio.Event()
         self.last_heartbeat: float | None = None
+
+    def wake(self, run_id: str = "") -> None:
+        """Check for cancellations now (an event said a run entered CANCELLING)."""
+        if not run_id or run_id in self._runner.in_flight_ids:
+            self._check_now.set()
 
     async def heartbeat_once(self) -> None:
         for name in self._pools.names:
@@ -59,7 +65,9 @@ class Watchdog:
 
     async def cancel_loop(self, tg: TaskGroup) -> None:
         while True:
-            await anyio.sleep(self._cancel_interval)
+            with anyio.move_on_after(self._cancel_interval):
+                await self._check_now.wait()
+            self._check_now = anyio.Event()
             await self.check_cancellations(tg)
 
     async def check_cancellations(self, tg: TaskGroup) -> None:
