@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from agent.api import AuthError, PrefectClient, TransientError
+from agent.audit import StartAudit
 from agent.backends.base import Backend
 from agent.backends.process import ProcessBackend
 from agent.deployments import DeploymentCache
@@ -54,8 +55,9 @@ class Agent:
             base_env=environ,
             worker_name=settings.name,
         )
+        self.audit = StartAudit(api, interval=settings.cancel_check_interval)
         self.runner = Runner(
-            api, self.backends, jobs, DeploymentCache(api), kill_grace=settings.kill_grace
+            api, self.backends, jobs, DeploymentCache(api), self.audit, kill_grace=settings.kill_grace
         )
         self.poller = Poller(
             api,
@@ -111,12 +113,14 @@ class Agent:
         )
         async with anyio.create_task_group() as services:
             services.start_soon(self.watchdog.heartbeat_loop)
+            services.start_soon(self.audit.run)
             if self.settings.events:
                 services.start_soon(self.events.run)
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
                 await self.poller.run(self.stop, runs)
                 await self._drain()
+            await self.audit.flush()
             services.cancel_scope.cancel()
 
     async def _drain(self) -> None:

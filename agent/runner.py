@@ -12,11 +12,13 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import anyio
 
-from agent.api import FlowRun, PrefectClient, StateType, WorkPool
+from agent.api import FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
+from agent.audit import StartAudit
 from agent.backends.base import Backend, BackendError, Handle
 from agent.deployments import DeploymentCache
 from agent.infra import InfraError
@@ -48,6 +50,7 @@ class Runner:
         backends: Mapping[str, Backend],
         jobs: JobBuilder,
         deployments: DeploymentCache,
+        audit: StartAudit,
         *,
         kill_grace: float,
     ) -> None:
@@ -55,6 +58,7 @@ class Runner:
         self._backends = backends
         self._jobs = jobs
         self._deployments = deployments
+        self._audit = audit
         self._kill_grace = kill_grace
         self._in_flight: dict[str, _InFlight] = {}
         self._idle = anyio.Event()
@@ -101,7 +105,7 @@ class Runner:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _execute(self, entry: _InFlight, pool: WorkPool, log: object) -> None:
+    async def _execute(self, entry: _InFlight, pool: WorkPool, log: Any) -> None:
         run = entry.run
         try:
             deployment = await self._deployments.get(run.deployment_id)
@@ -121,11 +125,18 @@ class Runner:
         log.info("launched flow run", backend=handle.kind, infrastructure_pid=handle.pid)
         if entry.kill_reason is not None:  # cancelled or stopped while we were launching
             await self._kill(entry)
-        await self._api.update_flow_run(run.id, infrastructure_pid=handle.pid)
+        try:
+            await self._api.update_flow_run(run.id, infrastructure_pid=handle.pid)
+        except NotFound:
+            log.warning("flow run was deleted after launch; killing its infrastructure")
+            entry.kill_reason = KillReason.CANCEL
+            await self._kill(entry)
+            await entry.backend.wait(handle)
+            return
         outcome = await entry.backend.wait(handle)
         await self._report(entry, outcome, log)
 
-    async def _report(self, entry: _InFlight, outcome: Outcome, log: object) -> None:
+    async def _report(self, entry: _InFlight, outcome: Outcome, log: Any) -> None:
         run_id, pid = entry.run.id, entry.handle.pid if entry.handle else "?"
         if entry.kill_reason is KillReason.CANCEL:
             log.info("flow run cancelled; its infrastructure was killed", infrastructure_pid=pid)
@@ -146,6 +157,7 @@ class Runner:
             return
         if outcome.succeeded:
             log.info("infrastructure exited cleanly", infrastructure_pid=pid)
+            self._audit.add(run_id)
             return
         log.error(f"infrastructure failed: {outcome.message()}", infrastructure_pid=pid)
         log.info(f"resolution: {outcome.resolution()}")

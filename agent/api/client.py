@@ -229,6 +229,20 @@ class PrefectClient:
         where = f" into {state.type.value}/{state.name}" if state else ""
         return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}")
 
+    async def bulk_set_state(
+        self, flow_runs: dict[str, Any], type: StateType, *, message: str, limit: int = 50
+    ) -> list[str]:
+        """Propose one state to every run matching the filter (at most 50); ids accepted."""
+        body = {
+            "flow_runs": flow_runs,
+            "state": {"type": type.value, "name": type.value.title(), "message": message},
+            "force": False,
+            "limit": limit,
+        }
+        data = await self.request("POST", "/flow_runs/bulk_set_state", json=body, persistent=True)
+        results = (data or {}).get("results", [])
+        return [r["flow_run_id"] for r in results if r.get("status") == SetStateStatus.ACCEPT.value]
+
     # -- deployments, logs -----------------------------------------------------------------------
 
     async def read_deployment(self, deployment_id: str) -> Deployment:
