@@ -214,20 +214,46 @@ class PrefectClient:
         transition_id = str(uuid.uuid4())
         result = await self.set_state(run_id, StateType.PENDING, transition_id=transition_id)
         state = result.state
-        lease = (state.state_details.get("deployment_concurrency_lease_id") if state else None)
-        if result.status is SetStateStatus.ACCEPT:
-            return ClaimResult(True, lease_id=lease)
-        if (
+        ours = result.status is SetStateStatus.ACCEPT or (
+            # our first attempt committed but its answer was lost; the retry saw our own
+            # transition: the same claim
             result.status is SetStateStatus.REJECT
             and state is not None
             and state.type is StateType.PENDING
             and state.state_details.get("transition_id") == transition_id
-        ):
-            # Our first attempt committed but its answer was lost; the retry saw our own
-            # transition. That is a successful claim.
-            return ClaimResult(True, lease_id=lease)
-        where = f" into {state.type.value}/{state.name}" if state else ""
-        return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}")
+        )
+        if not ours:
+            where = f" into {state.type.value}/{state.name}" if state else ""
+            return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}")
+        assert state is not None
+        if not state.state_details.get("scheduled_time"):
+            # The server also accepts PENDING from CRASHED/FAILED/COMPLETED (that is how a
+            # manual re-run works). Only a claim out of SCHEDULED carries the copied
+            # scheduled time; anything else means our poll was stale and the run already
+            # ran elsewhere. Put its state back and never launch it.
+            await self._restore_previous_state(run_id, state.id)
+            return ClaimResult(False, reason="stale poll: the run had already ended")
+        return ClaimResult(True, lease_id=state.state_details.get("deployment_concurrency_lease_id"))
+
+    async def _restore_previous_state(self, run_id: str, our_state_id: str | None) -> None:
+        states = await self.request("GET", "/flow_run_states/", params={"flow_run_id": run_id})
+        history = sorted(
+            (s for s in states or [] if s.get("id") != our_state_id), key=lambda s: s["timestamp"]
+        )
+        if not history:
+            return
+        previous = history[-1]
+        body = {
+            "state": {
+                "type": previous["type"],
+                "name": previous.get("name"),
+                "message": previous.get("message"),
+                "data": previous.get("data"),
+                "state_details": {"flow_run_id": run_id, "transition_id": str(uuid.uuid4())},
+            },
+            "force": True,
+        }
+        await self.request("POST", f"/flow_runs/{run_id}/set_state", json=body, persistent=True)
 
     async def bulk_set_state(
         self, flow_runs: dict[str, Any], type: StateType, *, message: str, limit: int = 50
