@@ -1,0 +1,90 @@
+"""Shared fixtures: one real Prefect server per session, a fresh pool per test, agent processes."""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+if str(_TESTS) not in sys.path:  # `support` importable whatever the import mode
+    sys.path.insert(0, str(_TESTS))
+
+from support.agent_proc import AgentProcess  # noqa: E402
+from support.prefect_api import PrefectAPI  # noqa: E402
+from support.server import PrefectServer, start_prefect_server  # noqa: E402
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Keep each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = (getattr(request.node, f"rep_{when}", None) for when in ("setup", "call"))
+    return any(report is not None and report.failed for report in reports)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(prefect_server: PrefectServer) -> Iterator[PrefectAPI]:
+    with PrefectAPI(prefect_server.api_url) as client:
+        yield client
+
+
+@pytest.fixture
+def pool(request: pytest.FixtureRequest) -> str:
+    """A pool name of this test's own. Not created: the agent creates missing pools; tests
+    that need it beforehand (to create deployments) call `api.create_process_pool(pool)`."""
+    short = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
+    return f"t-{short.strip('-')[:24]}-{uuid.uuid4().hex[:6]}"
+
+
+StartAgent = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def start_agent(
+    request: pytest.FixtureRequest, prefect_server: PrefectServer, tmp_path: Path
+) -> Iterator[StartAgent]:
+    """`start_agent(pool, *args, api_url=None, env=None)` starts an agent subprocess; all are
+    stopped after the test, and their log tails printed if it failed."""
+    agents: list[AgentProcess] = []
+
+    def start(
+        pool: str, *args: str, api_url: str | None = None, env: dict[str, str] | None = None
+    ) -> AgentProcess:
+        agent = AgentProcess(
+            api_url or prefect_server.api_url,
+            pool,
+            tmp_path / f"agent-{len(agents) + 1}.log",
+            *args,
+            env=env,
+            prefect_home=tmp_path / "prefect-home",
+        )
+        agents.append(agent)
+        return agent.start()
+
+    yield start
+
+    for agent in agents:
+        agent.stop()
+    if _failed(request):
+        for agent in agents:
+            print(agent.describe())
+        print(f"--- prefect server log tail\n{prefect_server.log_tail(30)}")

@@ -1,0 +1,39 @@
+"""Two agents on one pool launch every run exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.prefect_api import (
+    PrefectAPI,
+    duplicates,
+    marker_command,
+    read_markers,
+    unexpected_crashes,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_agents_launch_each_of_100_runs_once(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+) -> None:
+    markers = tmp_path / "launched.txt"
+    api.create_process_pool(pool)
+    run_ids = api.create_flow_runs(api.command_deployment(pool, marker_command(markers)), 100)
+
+    agents = [start_agent(pool, "--name", f"{pool}-a"), start_agent(pool, "--name", f"{pool}-b")]
+
+    wait_for(api.all_launched_or_ended(run_ids), 120, interval=1, message="all 100 runs launched")
+    wait_for(lambda: len(read_markers(markers)) >= 100, 60, message="100 markers")
+    for agent in agents:  # a duplicate launch in progress would have written by now
+        assert agent.stop() == 0, agent.describe()
+
+    launched = read_markers(markers)
+    assert not duplicates(launched), "runs launched more than once"
+    assert sorted(launched) == sorted(run_ids)
+    runs = api.read_flow_runs(run_ids)
+    assert all(run["infrastructure_pid"] for run in runs)
+    assert not unexpected_crashes(runs)
