@@ -37,3 +37,24 @@ def test_two_agents_launch_each_of_100_runs_once(
     runs = api.read_flow_runs(run_ids)
     assert all(run["infrastructure_pid"] for run in runs)
     assert not unexpected_crashes(runs)
+
+
+def test_a_burst_of_200_runs_loses_and_crashes_none(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+) -> None:
+    # A SQLite server answers write bursts with 503; none of them may cost a run.
+    markers = tmp_path / "launched.txt"
+    api.create_process_pool(pool)
+    run_ids = api.create_flow_runs(api.command_deployment(pool, marker_command(markers)), 200)
+
+    agent = start_agent(pool)
+
+    wait_for(api.all_launched_or_ended(run_ids), 180, interval=1, message="all 200 runs launched")
+    wait_for(lambda: len(read_markers(markers)) >= 200, 60, message="200 markers")
+    assert agent.stop() == 0, agent.describe()
+    launched = read_markers(markers)
+    assert not duplicates(launched), "runs launched more than once"
+    assert sorted(launched) == sorted(run_ids)
+    runs = api.read_flow_runs(run_ids)
+    assert all(run["infrastructure_pid"] for run in runs)
+    assert not unexpected_crashes(runs)
