@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from support.prefect_api import (
     PrefectAPI,
-    duplicates,
+    assert_each_launched_once,
     marker_command,
     read_markers,
-    unexpected_crashes,
     wait_for,
 )
 
@@ -31,12 +30,7 @@ def test_two_agents_launch_each_of_100_runs_once(
     for agent in agents:  # a duplicate launch in progress would have written by now
         assert agent.stop() == 0, agent.describe()
 
-    launched = read_markers(markers)
-    assert not duplicates(launched), "runs launched more than once"
-    assert sorted(launched) == sorted(run_ids)
-    runs = api.read_flow_runs(run_ids)
-    assert all(run["infrastructure_pid"] for run in runs)
-    assert not unexpected_crashes(runs)
+    assert_each_launched_once(api, markers, run_ids)
 
 
 def test_a_burst_of_200_runs_loses_and_crashes_none(
@@ -52,9 +46,4 @@ def test_a_burst_of_200_runs_loses_and_crashes_none(
     wait_for(api.all_launched_or_ended(run_ids), 180, interval=1, message="all 200 runs launched")
     wait_for(lambda: len(read_markers(markers)) >= 200, 60, message="200 markers")
     assert agent.stop() == 0, agent.describe()
-    launched = read_markers(markers)
-    assert not duplicates(launched), "runs launched more than once"
-    assert sorted(launched) == sorted(run_ids)
-    runs = api.read_flow_runs(run_ids)
-    assert all(run["infrastructure_pid"] for run in runs)
-    assert not unexpected_crashes(runs)
+    assert_each_launched_once(api, markers, run_ids)

@@ -323,3 +323,13 @@ def unexpected_crashes(runs: Iterable[dict[str, Any]]) -> list[str]:
         for run in runs
         if state_type(run) == "CRASHED" and "never started" not in state_message(run)
     ]
+
+
+def assert_each_launched_once(api: PrefectAPI, markers: Path, run_ids: list[str]) -> None:
+    """Every run's command ran exactly once, every run reported a pid, none crashed for real."""
+    launched = read_markers(markers)
+    assert not duplicates(launched), "runs launched more than once"
+    assert sorted(launched) == sorted(run_ids)
+    runs = api.read_flow_runs(run_ids)
+    assert all(run["infrastructure_pid"] for run in runs)
+    assert not unexpected_crashes(runs)
