@@ -20,8 +20,9 @@ from agent.backends.base import Backend
 from agent.backends.process import ProcessBackend
 from agent.deployments import DeploymentCache
 from agent.events import EventStream
+from agent.infra.kinds import Kinds
 from agent.jobs import JobBuilder
-from agent.observe.logging import get_logger, set_log_sink
+from agent.observe.logging import REDACTOR, get_logger, set_log_sink
 from agent.observe.shipper import LogShipper
 from agent.poller import Poller
 from agent.pools import PoolError, Pools
@@ -35,6 +36,16 @@ __all__ = ["Agent", "serve"]
 log = get_logger("agent.app")
 
 
+# Legacy Prefect 2 work queues live in pools of this type; their runs name an
+# infrastructure block, which picks the backend.
+LEGACY_POOL_TYPE = "prefect-agent"
+
+
+def servable_pool_types(backends: Mapping[str, Backend]) -> set[str]:
+    types = {t for t in Kinds.pool_types() if Kinds.kind_of_pool_type(t) in backends}
+    return types | {LEGACY_POOL_TYPE}
+
+
 class Agent:
     """All the parts of one running agent, wired from one Settings object."""
 
@@ -42,18 +53,24 @@ class Agent:
         assert settings.api_url is not None
         self.settings = settings
         self.api = api
-        self.backends: dict[str, Backend] = {"process": ProcessBackend(python=settings.python)}
+        self.backends: dict[str, Backend] = {"process": ProcessBackend()}
         self.pools = Pools(
-            api, settings.pools, create_missing=settings.create_pools, supported_types=self.backends
+            api,
+            settings.pools,
+            create_missing=settings.create_pools,
+            supported_types=servable_pool_types(self.backends),
         )
         self.slots = Slots(settings.limit)
         secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
         jobs = JobBuilder(
+            api,
+            Kinds(python=settings.python, base_env=environ),
             api_url=settings.api_url,
             api_key=secret(settings.api_key),
             auth_string=secret(settings.api_auth_string),
-            base_env=environ,
+            environ=environ,
             worker_name=settings.name,
+            on_secret=REDACTOR.add,
         )
         self.audit = StartAudit(api, interval=settings.cancel_check_interval)
         self.runner = Runner(

@@ -5,6 +5,7 @@ This module and `settings.py` are the only places that read the process environm
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -118,9 +119,73 @@ def demo() -> None:
 
 
 @app.command()
+def render(
+    flow_run_id: Annotated[str | None, typer.Argument(help="A flow run to render.")] = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="Render a preview run of 'flow-name/deployment-name'.")
+    ] = None,
+    job_var: Annotated[
+        list[str] | None, typer.Option("--job-var", help="key=value job variable (JSON values allowed).")
+    ] = None,
+    as_json: Annotated[bool | None, typer.Option("--json/--summary", help="Force the output format.")] = None,
+) -> None:
+    """Print the exact payload a run would launch with (secrets masked), launching nothing."""
+    if (flow_run_id is None) == (deployment is None):
+        typer.echo("error: give a FLOW_RUN_ID or --deployment NAME (one of them)", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    if settings.api_url is None:
+        typer.echo("error: render needs a server: set PREFECT_API_URL", err=True)
+        raise typer.Exit(2)
+    from agent.render import RenderError, summary
+    from agent.render import render as render_run
+
+    try:
+        variables = parse_job_vars(job_var or [])
+        document = anyio.run(
+            lambda: render_run(
+                settings,
+                environ=dict(os.environ),
+                flow_run_id=flow_run_id,
+                deployment=deployment,
+                job_vars=variables,
+            )
+        )
+    except (RenderError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    use_json = as_json if as_json is not None else not sys.stdout.isatty()
+    typer.echo(json.dumps(document, indent=2, sort_keys=True) if use_json else summary(document))
+
+
+def parse_job_vars(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; a value that parses as JSON is taken as JSON (numbers, objects)."""
+    variables: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--job-var {pair!r} must look like key=value")
+        try:
+            variables[key] = json.loads(value)
+        except ValueError:
+            variables[key] = value
+    return variables
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"flow-agent {__version__} (Python {sys.version.split()[0]}, {Path(sys.executable)})")
+
+
+def _mount() -> None:
+    from agent.cli_blocks import blocks_app, deployment_app
+
+    app.add_typer(blocks_app, name="blocks")
+    app.add_typer(deployment_app, name="deployment")
+
+
+_mount()
 
 
 def main() -> None:

@@ -1,9 +1,14 @@
-"""From a claimed run to a `Job`: resolved configuration plus the run's environment.
+"""From a run to a `Job`: the one pipeline shared by the runner and `render`.
 
-The environment a run gets: the agent's own (minus FLOW_AGENT_* settings, which may hold
-credentials the run has no business seeing), then what the engine needs to find its run
-(PREFECT_API_URL, PREFECT__FLOW_RUN_ID, auth), then the job configuration's `env` on top,
-where a null value unsets a variable.
+Where the configuration comes from, strongest first:
+1. a legacy Prefect 2 infrastructure block (`infrastructure_document_id` on the run, else
+   on the deployment): the block's data with the deployment's and the run's job variables
+   applied on top as overrides; the block's type picks the kind;
+2. the work pool: its base job template with the deployment's and the run's job
+   variables (Prefect's merge and `{{ }}` rules); the pool's type picks the kind.
+Then `{{ prefect.blocks.* }}` / `{{ prefect.variables.* }}` are resolved (secret values are
+handed to the redactor at once), the kind builds the typed config and the exact payload,
+and the user's JSON Patch customizations are applied to that payload last.
 """
 
 from __future__ import annotations
@@ -11,70 +16,113 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.api import Deployment, FlowRun, WorkPool
+from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
 from agent.backends.base import Job
-from agent.infra import InfraError, process_config, resolve_job_configuration
+from agent.infra import resolve_job_configuration
+from agent.infra.kinds import Kinds
+from agent.infra.legacy import apply_overrides, load_infrastructure_block
+from agent.infra.merge import merge_job_variables
+from agent.infra.patch import apply_customizations
+from agent.infra.references import resolve_references
+from agent.infra.spec import InfraKind, RunContext
 
 __all__ = ["JobBuilder"]
-
-ConfigBuilder = Callable[..., Any]
-_CONFIGS: dict[str, ConfigBuilder] = {"process": process_config}
 
 
 class JobBuilder:
     def __init__(
         self,
+        api: PrefectClient,
+        kinds: Kinds,
         *,
         api_url: str,
         api_key: str | None,
         auth_string: str | None,
-        base_env: Mapping[str, str],
+        environ: Mapping[str, str],
         worker_name: str,
+        on_secret: Callable[[str], None],
     ) -> None:
-        self._environ = dict(base_env)
-        self._base_env = {k: v for k, v in base_env.items() if not k.startswith("FLOW_AGENT_")}
-        self._prefect_env = {"PREFECT_API_URL": api_url, "PREFECT__WORKER_NAME": worker_name}
+        self._api = api
+        self._kinds = kinds
+        self._environ = dict(environ)  # for {{ $VAR }} placeholders, as Prefect's worker does
+        self._on_secret = on_secret
+        self._worker_name = worker_name
+        self._prefect_env = {"PREFECT_API_URL": api_url}
         if auth_string:
             self._prefect_env["PREFECT_API_AUTH_STRING"] = auth_string
         elif api_key:
             self._prefect_env["PREFECT_API_KEY"] = api_key
 
-    def build(self, run: FlowRun, pool: WorkPool, deployment: Deployment | None) -> Job:
-        source = f"work pool {pool.name!r}"
-        if deployment is not None:
-            source += f" / deployment {deployment.name!r}"
-        resolved = resolve_job_configuration(
-            pool.base_job_template,
-            deployment.job_variables if deployment else None,
-            run.job_variables,
-            environ=self._environ,
-            source=source,
+    async def build(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> Job:
+        kind, config, source = await self.configure(run, pool, deployment)
+        payload = kind.build_payload(config, self.context(run, pool, deployment))
+        payload = apply_customizations(
+            payload, kind.customizations(config), field="customizations", source=source, target="payload"
         )
-        builder = _CONFIGS.get(pool.type)
-        if builder is None:
-            raise InfraError(
-                f"work pool type {pool.type!r} has no launcher in this agent; "
-                f"supported: {', '.join(sorted(_CONFIGS))}",
-                field="type",
-                source=source,
-            )
-        config = builder(resolved, source=source)
-        env = self._env(run, deployment, getattr(config, "env", {}) or {})
-        labels = dict(getattr(config, "labels", {}) or {})
-        return Job(run.id, run.name, config, env, labels)
+        return Job(run.id, run.name, kind.kind, payload, config, source=source)
 
-    def _env(
-        self, run: FlowRun, deployment: Deployment | None, overrides: Mapping[str, str | None]
-    ) -> dict[str, str]:
-        env = {**self._base_env, **self._prefect_env, "PREFECT__FLOW_RUN_ID": run.id}
+    async def configure(
+        self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None
+    ) -> tuple[InfraKind, Any, str]:
+        """The kind and its typed config for this run, and a description of the source."""
+        deployment_vars = deployment.job_variables if deployment else None
+        document_id = run.infrastructure_document_id or (
+            deployment.infrastructure_document_id if deployment else None
+        )
+        if document_id:
+            block = await load_infrastructure_block(
+                self._api, document_id, source=_source(pool, deployment), on_secret=self._on_secret
+            )
+            source = f"block {block.slug}/{block.name}" + _dep(deployment)
+            kind = self._kinds.for_block_slug(block.slug, source=source)
+            data = apply_overrides(block.data, deployment_vars, run.job_variables)
+            data = await resolve_references(data, self._api, on_secret=self._on_secret, source=source)
+            return kind, kind.config_from_block(data, source=source), source
+        if pool is None:
+            raise LookupError("a run without an infrastructure block needs its work pool")
+        source = _source(pool, deployment)
+        kind = self._kinds.for_pool_type(pool.type, source=source)
+        resolved = resolve_job_configuration(
+            pool.base_job_template, deployment_vars, run.job_variables, environ=self._environ, source=source
+        )
+        variables = merge_job_variables(deployment_vars, run.job_variables)
+        if "customizations" in variables:  # not a template variable: taken as given
+            resolved["customizations"] = variables["customizations"]
+        resolved = await resolve_references(resolved, self._api, on_secret=self._on_secret, source=source)
+        return kind, kind.config_from_pool(resolved, pool_type=pool.type, source=source), source
+
+    def context(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> RunContext:
+        env = {**self._prefect_env, "PREFECT__FLOW_RUN_ID": run.id, "PREFECT__WORKER_NAME": self._worker_name}
+        labels = {"prefect.io/flow-run-id": run.id, "prefect.io/flow-run-name": run.name}
         if run.flow_id:
             env["PREFECT__FLOW_ID"] = run.flow_id
+            labels["prefect.io/flow-id"] = run.flow_id
         if deployment is not None:
             env["PREFECT__DEPLOYMENT_ID"] = deployment.id
             env["PREFECT__DEPLOYMENT_NAME"] = deployment.name
-        for key, value in overrides.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
-        return env
+            labels["prefect.io/deployment-id"] = deployment.id
+            labels["prefect.io/deployment-name"] = deployment.name
+        if pool is not None:
+            labels["prefect.io/work-pool-name"] = pool.name
+            labels["prefect.io/work-pool-id"] = pool.id
+        labels["prefect.io/worker-name"] = self._worker_name
+        return RunContext(
+            flow_run_id=run.id,
+            flow_run_name=run.name,
+            flow_id=run.flow_id,
+            deployment_id=deployment.id if deployment else None,
+            deployment_name=deployment.name if deployment else None,
+            work_pool_name=pool.name if pool else None,
+            worker_name=self._worker_name,
+            env=env,
+            labels=labels,
+        )
+
+
+def _dep(deployment: Deployment | None) -> str:
+    return f" (deployment {deployment.name!r})" if deployment else ""
+
+
+def _source(pool: WorkPool | None, deployment: Deployment | None) -> str:
+    where = f"work pool {pool.name!r}" if pool else "the run"
+    return where + (f" / deployment {deployment.name!r}" if deployment else "")

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 
 from agent.api import AuthError, Conflict, PrefectClient, WorkPool
 from agent.api.errors import ApiError
-from agent.infra import InfraError, default_base_job_template
+from agent.infra import InfraError, default_base_job_template, known_pool_types
 from agent.observe.logging import get_logger
 
 __all__ = ["PoolError", "Pools"]
@@ -55,7 +55,7 @@ class Pools:
         pool = await self._api.read_work_pool(name)
         if pool is None:
             pool = await self._create_pool(name)
-        if not pool.base_job_template:
+        if not pool.base_job_template and pool.type in known_pool_types():
             # Prefect's own worker fills an empty template the same way
             template = default_base_job_template(pool.type)
             await self._api.update_work_pool(name, base_job_template=template)

@@ -19,7 +19,7 @@ import anyio
 from agent.api import FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
 from agent.audit import StartAudit
-from agent.backends.base import Backend, BackendError, Handle
+from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.deployments import DeploymentCache
 from agent.infra import InfraError
 from agent.jobs import JobBuilder
@@ -37,7 +37,7 @@ class KillReason(StrEnum):
 @dataclass
 class _InFlight:
     run: FlowRun
-    backend: Backend
+    backend: Backend | None = None
     handle: Handle | None = None
     kill_reason: KillReason | None = None
     launched: anyio.Event = field(default_factory=anyio.Event)
@@ -86,8 +86,7 @@ class Runner:
     async def execute(self, run: FlowRun, pool: WorkPool, release: Callable[[], None]) -> None:
         """Take a claimed run to its end. Never raises (except cancellation)."""
         log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
-        backend = self._backends[pool.type]
-        entry = _InFlight(run, backend)
+        entry = _InFlight(run)
         self._in_flight[run.id] = entry
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:
@@ -105,14 +104,32 @@ class Runner:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _execute(self, entry: _InFlight, pool: WorkPool, log: Any) -> None:
+    async def _prepare(self, entry: _InFlight, pool: WorkPool, log: Any) -> Job | None:
+        """The run's job and backend, or None after reporting why it cannot be launched."""
         run = entry.run
         try:
             deployment = await self._deployments.get(run.deployment_id)
-            job = self._jobs.build(run, pool, deployment)
+            job = await self._jobs.build(run, pool, deployment)
         except InfraError as exc:
             log.error("cannot resolve the run's infrastructure", error=str(exc))
             await self._crash(run.id, f"flow-agent could not resolve the infrastructure: {exc}")
+            return None
+        backend = self._backends.get(job.kind)
+        if backend is None:
+            message = (
+                f"this flow-agent has no {job.kind!r} backend; serve this run with an agent that "
+                f"has one (available here: {', '.join(sorted(self._backends))})"
+            )
+            log.error(message)
+            await self._crash(run.id, message)
+            return None
+        entry.backend = backend
+        return job
+
+    async def _execute(self, entry: _InFlight, pool: WorkPool, log: Any) -> None:
+        run = entry.run
+        job = await self._prepare(entry, pool, log)
+        if job is None or entry.backend is None:
             return
         try:
             handle = await entry.backend.launch(job)
@@ -193,7 +210,7 @@ class Runner:
 
     async def _kill(self, entry: _InFlight) -> None:
         log = get_logger("agent.runner", flow_run_id=entry.run.id, ship=True)
-        assert entry.handle is not None
+        assert entry.handle is not None and entry.backend is not None
         log.info("killing infrastructure", reason=str(entry.kill_reason), grace=self._kill_grace)
         try:
             await entry.backend.kill(entry.handle, self._kill_grace)

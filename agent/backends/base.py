@@ -29,15 +29,18 @@ __all__ = [
 class Job:
     """Everything a backend needs to launch one flow run, already templated and patched.
 
-    `config` is the backend's own typed configuration (a pydantic model); `env` is the
-    complete environment for the flow run, secrets included, so it must never be logged.
+    `payload` is the exact request the backend sends (for a process: command, env, cwd),
+    built by the run's infrastructure kind with the user's customizations applied; it holds
+    the run's credentials, so it is never logged. `config` is the kind's typed
+    configuration, for settings that are not part of the request (timeouts, cleanup).
     """
 
     flow_run_id: str
     flow_run_name: str
-    config: Any
-    env: Mapping[str, str] = field(repr=False, default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    kind: str
+    payload: Mapping[str, Any] = field(repr=False)
+    config: Any = field(default=None, repr=False)
+    source: str = ""  # where the configuration came from, for messages
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,3 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release clients and watchers."""
         ...
-
-
-def describe(config: Any) -> Mapping[str, Any]:
-    """A loggable summary of a job config: pydantic models dump, secrets stay out."""
-    if hasattr(config, "model_dump"):
-        return config.model_dump(exclude={"env"}, mode="json")
-    return {}

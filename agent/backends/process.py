@@ -43,37 +43,34 @@ class _Child:
 class ProcessBackend:
     kind: ClassVar[str] = "process"
 
-    def __init__(self, *, python: str, hostname: str | None = None) -> None:
-        self._python = python
+    def __init__(self, *, hostname: str | None = None) -> None:
         self.hostname = hostname or socket.gethostname()
         self._children: dict[str, _Child] = {}
 
     # -- launch ----------------------------------------------------------------------------
 
-    def _command(self, job: Job) -> list[str]:
-        command = getattr(job.config, "command", None)
-        return list(command) if command else [self._python, "-m", "prefect.engine"]
-
     async def launch(self, job: Job) -> Handle:
-        config = job.config
-        command = self._command(job)
+        payload = job.payload
+        command = list(payload.get("command") or [])
+        if not command:
+            raise LaunchError("the command is empty; set the job variable 'command' or leave it unset")
         temp_dir = None
-        cwd = getattr(config, "working_dir", None)
+        cwd = payload.get("cwd")
         if cwd is None:
             temp_dir = cwd = tempfile.mkdtemp(prefix="flow-agent-")
-        stream = getattr(config, "stream_output", True)
+        stream = bool(payload.get("stream_output", True))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 cwd=str(cwd),
-                env=dict(job.env),
+                env=dict(payload.get("env") or {}),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stream else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT if stream else asyncio.subprocess.DEVNULL,
                 start_new_session=True,
                 limit=_LINE_LIMIT,
             )
-        except (FileNotFoundError, PermissionError, NotADirectoryError, OSError) as exc:
+        except (OSError, ValueError) as exc:
             if temp_dir:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             raise LaunchError(_launch_message(command, cwd, exc)) from exc
@@ -189,7 +186,7 @@ def _group_alive(pid: int) -> bool:
     return True
 
 
-def _launch_message(command: list[str], cwd: object, exc: OSError) -> str:
+def _launch_message(command: list[str], cwd: object, exc: OSError | ValueError) -> str:
     program = command[0] if command else "<empty>"
     if isinstance(exc, FileNotFoundError) and exc.filename == str(cwd):
         return (
@@ -203,4 +200,6 @@ def _launch_message(command: list[str], cwd: object, exc: OSError) -> str:
         )
     if isinstance(exc, PermissionError):
         return f"permission denied running {program!r}; make it executable or choose another 'command'"
+    if isinstance(exc, ValueError):  # e.g. a NUL byte smuggled in by a customization
+        return f"could not start {program!r}: {exc}; check 'command' and 'env' for invalid characters"
     return f"could not start {program!r}: {exc.strerror or exc}"

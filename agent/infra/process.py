@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PureWindowsPath
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from agent.infra.patch import parse_customizations
+from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
 __all__ = ["ProcessJobConfig", "process_config"]
@@ -127,6 +129,8 @@ class ProcessJobConfig(BaseModel):
     name: str | None = None
     stream_output: StreamOutput = True
     working_dir: WorkingDir = None
+    # RFC 6902 operations on the launch payload {"command", "env", "cwd", "stream_output"}
+    customizations: list[dict[str, Any]] = Field(default_factory=list)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for field, value in super().__repr_args__():
@@ -238,3 +242,57 @@ def process_config(resolved: Mapping[str, Any], *, source: str) -> ProcessJobCon
     except ValidationError as exc:
         message, path = _error_line(exc.errors(include_url=False)[0], source)
     raise InfraError(message, field=path, source=source) from None
+
+
+class ProcessKind:
+    """Local processes: Prefect's `process` pool type and the Prefect 2 `process` block.
+
+    The payload is what the process backend executes: `command` (argv), the complete
+    `env` (the agent's environment without its own FLOW_AGENT_* settings, the run's
+    Prefect variables, then the configuration's env, where null unsets), `cwd` (None: a
+    fresh temporary directory) and `stream_output`. Customizations patch that payload, so
+    `/command/-` appends an argument and `/env/NAME` sets a variable.
+    """
+
+    kind: ClassVar[str] = "process"
+    pool_types: ClassVar[tuple[str, ...]] = ("process",)
+    block_slug: ClassVar[str] = "process"
+
+    def __init__(self, *, python: str, base_env: Mapping[str, str]) -> None:
+        self._python = python
+        self._base_env = {k: v for k, v in base_env.items() if not k.startswith("FLOW_AGENT_")}
+
+    def config_from_pool(
+        self, resolved: Mapping[str, Any], *, pool_type: str, source: str
+    ) -> ProcessJobConfig:
+        return process_config(_with_customizations(resolved, source), source=source)
+
+    def config_from_block(self, data: Mapping[str, Any], *, source: str) -> ProcessJobConfig:
+        return process_config(_with_customizations(data, source), source=source)
+
+    def build_payload(self, config: BaseModel, ctx: RunContext) -> dict[str, Any]:
+        assert isinstance(config, ProcessJobConfig)
+        env = {**self._base_env, **ctx.env}
+        for key, value in config.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return {
+            "command": list(config.command or [self._python, "-m", "prefect.engine"]),
+            "env": env,
+            "cwd": str(config.working_dir) if config.working_dir else None,
+            "stream_output": config.stream_output,
+        }
+
+    def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
+        return list(getattr(config, "customizations", []))
+
+
+def _with_customizations(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    values = dict(values)
+    if "customizations" in values:
+        values["customizations"] = parse_customizations(
+            values["customizations"], field="customizations", source=source
+        )
+    return values

@@ -50,7 +50,7 @@ class TestDefaultTemplates:
         template["job_configuration"]["env"] = "changed"
         assert default_base_job_template("process")["job_configuration"]["env"] == "{{ env }}"
 
-    @pytest.mark.parametrize("pool_type", ["kubernetes", "../templates/process", "", "PROCESS"])
+    @pytest.mark.parametrize("pool_type", ["nomad", "../templates/process", "", "PROCESS"])
     def test_unknown_type_lists_the_known_ones(self, pool_type: str) -> None:
         with pytest.raises(InfraError, match="use one of: .*process") as info:
             default_base_job_template(pool_type)

@@ -12,20 +12,23 @@ import pytest
 
 from agent.backends.base import Job, LaunchError
 from agent.backends.process import ProcessBackend
-from agent.infra import process_config
+from agent.infra.process import ProcessKind
+from agent.infra.spec import RunContext
 from agent.outcome import Reason
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
 
 def _job(command: str, **extra: object) -> Job:
-    config = process_config({"command": command, **extra}, source="test")
-    return Job("run-1", "run", config, env={"PATH": os.environ["PATH"], "SECRET": "x"})
+    kind = ProcessKind(python=sys.executable, base_env={"PATH": os.environ["PATH"]})
+    config = kind.config_from_pool({"command": command, **extra}, pool_type="process", source="test")
+    payload = kind.build_payload(config, RunContext("run-1", "run", env={"SECRET": "x"}))
+    return Job("run-1", "run", "process", payload, config)
 
 
 def _run(command: str, **extra: object):
     async def scenario():
-        backend = ProcessBackend(python=sys.executable, hostname="here")
+        backend = ProcessBackend(hostname="here")
         handle = await backend.launch(_job(command, **extra))
         assert handle.pid.startswith("here:")
         return await backend.wait(handle)
@@ -59,7 +62,7 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
 
     async def scenario():
-        backend = ProcessBackend(python=sys.executable, hostname="here")
+        backend = ProcessBackend(hostname="here")
         # the shell ignores SIGTERM, so the kill must escalate; its child must die too
         handle = await backend.launch(
             _job(f"sh -c 'trap \"\" TERM; sleep 300 & echo $! > {marker}; wait'")
@@ -78,7 +81,33 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_a_handle_from_another_host_is_refused() -> None:
-    backend = ProcessBackend(python=sys.executable, hostname="here")
+    backend = ProcessBackend(hostname="here")
     handle = backend.parse_pid("elsewhere:123")
     with pytest.raises(Exception, match="elsewhere"):
         anyio.run(lambda: backend.kill(handle, 1))
+
+
+def test_customizations_patch_the_launch_payload(tmp_path: Path) -> None:
+    marker = tmp_path / "out.txt"
+    patches = [
+        {"op": "add", "path": "/env/GREETING", "value": "patched"},
+        {"op": "replace", "path": "/command/2", "value": f"echo $GREETING > {marker}"},
+    ]
+    kind = ProcessKind(python=sys.executable, base_env={"PATH": os.environ["PATH"]})
+    resolved = {"command": "sh -c 'exit 9'", "customizations": patches}
+    config = kind.config_from_pool(resolved, pool_type="process", source="test")
+    from agent.infra.patch import apply_customizations
+
+    payload = apply_customizations(
+        kind.build_payload(config, RunContext("run-1", "run")),
+        kind.customizations(config),
+        field="customizations",
+        source="test",
+    )
+
+    async def scenario():
+        backend = ProcessBackend(hostname="here")
+        return await backend.wait(await backend.launch(Job("run-1", "run", "process", payload)))
+
+    assert anyio.run(scenario).succeeded
+    assert marker.read_text().strip() == "patched"

@@ -1,0 +1,236 @@
+"""Blocks, variables and deployment edits: the REST calls behind references and legacy blocks.
+
+Every call goes through `PrefectClient.request`, so the one retry policy and the one error
+classification apply. Block documents are always read with `include_secrets=true` (as the
+Python client does): a masked `"********"` would silently become a container's password.
+
+Registration follows Prefect's own `Block.register_type_and_schema` (protocol reference
+§8): the block type is read by slug and created or patched; the schema is POSTed and the
+server answers with the existing row when the same fields and version are known already.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from agent.api.client import PrefectClient
+from agent.api.errors import NotFound
+
+__all__ = [
+    "BlockTypeSpec",
+    "Registration",
+    "list_block_documents",
+    "read_block_document",
+    "read_block_document_by_name",
+    "read_deployment_by_name",
+    "read_variable",
+    "register_block_type_and_schema",
+    "update_deployment",
+]
+
+SCHEMA_VERSION: Final = "non-versioned"  # Prefect's DEFAULT_BLOCK_SCHEMA_VERSION
+_TYPE_FIELDS: Final = ("logo_url", "documentation_url", "description", "code_example")
+
+
+@dataclass(frozen=True)
+class BlockTypeSpec:
+    """What the UI needs to offer one block type: its card and the form (`fields`).
+
+    `references` maps a field to the slug of a block type it embeds (credentials); at
+    registration the field becomes a block selector if the server knows that type.
+    """
+
+    name: str
+    slug: str
+    description: str
+    fields: Mapping[str, Any]
+    code_example: str = ""
+    documentation_url: str | None = None
+    logo_url: str | None = None
+    capabilities: tuple[str, ...] = ()
+    references: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registration:
+    slug: str
+    block_type_id: str
+    block_schema_id: str
+    block_type: Literal["created", "updated", "unchanged"]
+    block_schema: Literal["created", "unchanged"]
+
+
+# -- block documents and variables -----------------------------------------------------------------
+
+
+async def read_block_document(client: PrefectClient, document_id: str) -> dict[str, Any] | None:
+    """The block document with its secrets in clear; None if there is none with this id."""
+    try:
+        doc: dict[str, Any] = await client.request(
+            "GET", f"/block_documents/{document_id}", params={"include_secrets": "true"}
+        )
+    except NotFound:
+        return None
+    return doc
+
+
+async def read_block_document_by_name(client: PrefectClient, slug: str, name: str) -> dict[str, Any] | None:
+    """`<slug>/<name>` with its secrets in clear; None if the type or the document is unknown."""
+    path = f"/block_types/slug/{slug}/block_documents/name/{name}"
+    try:
+        doc: dict[str, Any] = await client.request("GET", path, params={"include_secrets": "true"})
+    except NotFound:
+        return None
+    return doc
+
+
+async def list_block_documents(client: PrefectClient, slugs: Sequence[str]) -> list[dict[str, Any]]:
+    """Named (non-anonymous) documents of these block types, secrets masked, by name."""
+    docs: list[dict[str, Any]] = []
+    while True:
+        body = {
+            "block_types": {"slug": {"any_": list(slugs)}},
+            "block_documents": {"is_anonymous": {"eq_": False}},
+            "include_secrets": False,
+            "limit": 200,
+            "offset": len(docs),
+        }
+        page = await client.request("POST", "/block_documents/filter", json=body) or []
+        docs.extend(page)
+        if len(page) < 200:
+            return docs
+
+
+async def read_variable(client: PrefectClient, name: str) -> dict[str, Any] | None:
+    """The variable (`value` holds any JSON), or None if it does not exist."""
+    try:
+        variable: dict[str, Any] = await client.request("GET", f"/variables/name/{name}")
+    except NotFound:
+        return None
+    return variable
+
+
+# -- deployments -----------------------------------------------------------------------------------
+
+
+async def read_deployment_by_name(client: PrefectClient, name: str) -> dict[str, Any] | None:
+    """`"flow-name/deployment-name"` → the deployment, or None if unknown."""
+    flow_name, sep, deployment_name = name.partition("/")
+    if not sep or not flow_name or not deployment_name:
+        raise ValueError(f"expected 'flow-name/deployment-name', got {name!r}")
+    try:
+        deployment: dict[str, Any] = await client.request(
+            "GET", f"/deployments/name/{flow_name}/{deployment_name}"
+        )
+    except NotFound:
+        return None
+    return deployment
+
+
+async def update_deployment(client: PrefectClient, deployment_id: str, **fields: Any) -> None:
+    """PATCH only the given fields (the server applies exclude_unset)."""
+    await client.request("PATCH", f"/deployments/{deployment_id}", json=fields)
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+
+async def _latest_schema(client: PrefectClient, block_type_id: str) -> dict[str, Any] | None:
+    body = {"block_schemas": {"block_type_id": {"any_": [block_type_id]}}, "limit": 1}
+    found = await client.request("POST", "/block_schemas/filter", json=body) or []
+    return found[0] if found else None
+
+
+async def _schema_ids(client: PrefectClient, block_type_id: str) -> set[str]:
+    body = {"block_schemas": {"block_type_id": {"any_": [block_type_id]}}, "limit": 200}
+    return {s["id"] for s in await client.request("POST", "/block_schemas/filter", json=body) or []}
+
+
+async def _upsert_block_type(
+    client: PrefectClient, spec: BlockTypeSpec
+) -> tuple[dict[str, Any], Literal["created", "updated", "unchanged"]]:
+    wanted = {
+        "logo_url": spec.logo_url,
+        "documentation_url": spec.documentation_url,
+        "description": spec.description,
+        "code_example": spec.code_example,
+    }
+    try:
+        existing: dict[str, Any] = await client.request("GET", f"/block_types/slug/{spec.slug}")
+    except NotFound:
+        body = {"name": spec.name, "slug": spec.slug, **wanted}
+        created: dict[str, Any] = await client.request("POST", "/block_types/", json=body)
+        return created, "created"
+    if all(existing.get(k) == wanted[k] for k in _TYPE_FIELDS):
+        return existing, "unchanged"
+    # The name is not updatable (BlockTypeUpdate has no `name`); the card text is.
+    await client.request("PATCH", f"/block_types/{existing['id']}", json=wanted)
+    return existing, "updated"
+
+
+async def _embed_references(client: PrefectClient, spec: BlockTypeSpec) -> dict[str, Any]:
+    """Turn each `references` field into a selector of documents of that block type.
+
+    Prefect's form: the property `$ref`s a definition carrying `block_type_slug`, and
+    `block_schema_references` names the nested schema by checksum. A type the server does
+    not know (an old or trimmed server) leaves the field a plain object, which still works
+    for data typed in as JSON.
+    """
+    fields = copy.deepcopy(dict(spec.fields))
+    refs: dict[str, Any] = {}
+    secret_fields: list[str] = list(fields.get("secret_fields", []))
+    for name, slug in spec.references.items():
+        try:
+            block_type = await client.request("GET", f"/block_types/slug/{slug}")
+        except NotFound:
+            continue
+        nested = await _latest_schema(client, block_type["id"])
+        if nested is None:
+            continue
+        nested_fields = dict(nested["fields"])
+        title = str(nested_fields.get("title") or slug)
+        definitions = fields.setdefault("definitions", {})
+        # Prefect keeps every definition at the top level, the nested ones' own included.
+        definitions.update(nested_fields.pop("definitions", {}))
+        definitions[title] = nested_fields
+        prop = fields["properties"][name]
+        keep = {k: prop[k] for k in ("title", "description", "position") if k in prop}
+        ref = {"$ref": f"#/definitions/{title}"}
+        required = name in fields.get("required", [])
+        fields["properties"][name] = {
+            **keep,
+            **(ref if required else {"anyOf": [ref, {"type": "null"}], "default": None}),
+        }
+        refs[name] = {"block_type_slug": slug, "block_schema_checksum": nested["checksum"]}
+        secret_fields += [f"{name}.{s}" for s in nested_fields.get("secret_fields", [])]
+    fields["block_schema_references"] = refs
+    fields["secret_fields"] = secret_fields
+    return fields
+
+
+async def register_block_type_and_schema(client: PrefectClient, spec: BlockTypeSpec) -> Registration:
+    """Create or update the block type, then make sure the schema exists. Idempotent.
+
+    A changed schema is a new row (schemas are immutable); the UI offers the newest one,
+    older documents keep theirs.
+    """
+    block_type, type_action = await _upsert_block_type(client, spec)
+    fields = await _embed_references(client, spec)
+    known = await _schema_ids(client, block_type["id"])
+    body = {
+        "fields": fields,
+        "block_type_id": block_type["id"],
+        "capabilities": list(spec.capabilities),
+        "version": SCHEMA_VERSION,
+    }
+    schema = await client.request("POST", "/block_schemas/", json=body)
+    return Registration(
+        slug=spec.slug,
+        block_type_id=str(block_type["id"]),
+        block_schema_id=str(schema["id"]),
+        block_type=type_action,
+        block_schema="unchanged" if schema["id"] in known else "created",
+    )

@@ -1,0 +1,119 @@
+"""`flow-agent render`: the exact payload a run would launch with, launching nothing.
+
+It goes through the same pipeline as the agent (`JobBuilder`), so what it prints is what
+would be sent: templating, references, the typed config, customizations. Every secret the
+pipeline meets (the API credentials, resolved secret blocks) is masked in the output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
+from agent.api.blocks import read_deployment_by_name
+from agent.infra.kinds import Kinds
+from agent.infra.templating import InfraError
+from agent.jobs import JobBuilder
+from agent.observe.logging import Redactor
+from agent.settings import Settings
+
+__all__ = ["RenderError", "render", "summary"]
+
+PREVIEW_RUN_ID = "00000000-0000-0000-0000-000000000000"
+
+
+class RenderError(Exception):
+    """The run, deployment or pool to render could not be found."""
+
+
+async def _target(
+    api: PrefectClient, flow_run_id: str | None, deployment_name: str | None, job_vars: Mapping[str, Any]
+) -> tuple[FlowRun, Deployment | None]:
+    if flow_run_id:
+        run = await api.read_flow_run(flow_run_id)
+        deployment = await api.read_deployment(run.deployment_id) if run.deployment_id else None
+        return run, deployment
+    assert deployment_name
+    try:
+        found = await read_deployment_by_name(api, deployment_name)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None
+    if found is None:
+        raise RenderError(
+            f"deployment {deployment_name!r} not found; give it as 'flow-name/deployment-name'"
+        )
+    deployment = Deployment.model_validate(found)
+    run = FlowRun(
+        id=PREVIEW_RUN_ID,
+        name="render-preview",
+        flow_id=deployment.flow_id,
+        deployment_id=deployment.id,
+        job_variables=dict(job_vars),
+    )
+    return run, deployment
+
+
+async def _pool(api: PrefectClient, run: FlowRun, deployment: Deployment | None) -> WorkPool | None:
+    name = run.work_pool_name or (deployment.work_pool_name if deployment else None)
+    return await api.read_work_pool(name) if name else None
+
+
+async def render(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str],
+    flow_run_id: str | None = None,
+    deployment: str | None = None,
+    job_vars: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The masked launch document for a run (or a preview run of a deployment)."""
+    assert settings.api_url is not None
+    redactor = Redactor(settings.secrets())
+    secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
+    async with PrefectClient(
+        settings.api_url,
+        api_key=secret(settings.api_key),
+        auth_string=secret(settings.api_auth_string),
+        retry=settings.retry_policy,
+    ) as api:
+        run, dep = await _target(api, flow_run_id, deployment, job_vars or {})
+        pool = await _pool(api, run, dep)
+        builder = JobBuilder(
+            api,
+            Kinds(python=settings.python, base_env=environ),
+            api_url=settings.api_url,
+            api_key=secret(settings.api_key),
+            auth_string=secret(settings.api_auth_string),
+            environ=environ,
+            worker_name=settings.name,
+            on_secret=redactor.add,
+        )
+        try:
+            job = await builder.build(run, pool, dep)
+        except InfraError as exc:
+            raise RenderError(str(redactor.mask(str(exc)))) from None
+    document = {
+        "flow_run_id": None if run.id == PREVIEW_RUN_ID else run.id,
+        "deployment": dep.name if dep else None,
+        "work_pool": pool.name if pool else None,
+        "kind": job.kind,
+        "source": job.source,
+        "payload": job.payload,
+    }
+    return redactor.mask(json.loads(json.dumps(document, default=str)))
+
+
+def summary(document: Mapping[str, Any]) -> str:
+    """A readable rendering for a terminal: who, what kind, from where, then the payload."""
+    lines = [
+        f"kind:        {document['kind']}",
+        f"source:      {document['source']}",
+        f"deployment:  {document.get('deployment') or '-'}",
+        f"work pool:   {document.get('work_pool') or '-'}",
+        f"flow run:    {document.get('flow_run_id') or 'preview (no run created)'}",
+        "payload (secrets masked):",
+        json.dumps(document["payload"], indent=2, sort_keys=True),
+    ]
+    return "\n".join(lines)
