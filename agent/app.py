@@ -74,7 +74,13 @@ class Agent:
         )
         self.audit = StartAudit(api, interval=settings.cancel_check_interval)
         self.runner = Runner(
-            api, self.backends, jobs, DeploymentCache(api), self.audit, kill_grace=settings.kill_grace
+            api,
+            self.backends,
+            jobs,
+            DeploymentCache(api),
+            self.audit,
+            kill_grace=settings.kill_grace,
+            redact=REDACTOR.mask,
         )
         self.poller = Poller(
             api,

@@ -53,12 +53,16 @@ class Runner:
         audit: StartAudit,
         *,
         kill_grace: float,
+        redact: Callable[[str], str] = lambda text: text,
     ) -> None:
         self._api = api
         self._backends = backends
         self._jobs = jobs
         self._deployments = deployments
         self._audit = audit
+        # every message we write into a state passes here: output tails and errors can
+        # carry secret values the run resolved
+        self._redact = redact
         self._kill_grace = kill_grace
         self._in_flight: dict[str, _InFlight] = {}
         self._idle = anyio.Event()
@@ -185,7 +189,9 @@ class Runner:
     async def _crash(self, run_id: str, message: str) -> SetStateStatus:
         # Without force the server refuses to overwrite a terminal state (ABORT), which is
         # exactly "unless the run already reached a terminal state" in one request.
-        result = await self._api.set_state(run_id, StateType.CRASHED, message=message[:2000])
+        result = await self._api.set_state(
+            run_id, StateType.CRASHED, message=self._redact(message)[:2000]
+        )
         return result.status
 
     # -- killing -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -219,6 +220,19 @@ class PrefectAPI:
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(directory)}}],
             job_variables={"env": env} if env else None,
         )
+
+    def create_block_document(self, slug: str, data: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """A block document of a registered type (its newest schema)."""
+        block_type = self.request("GET", f"/block_types/slug/{slug}").json()
+        body = {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}, "limit": 1}
+        schema = self.request("POST", "/block_schemas/filter", json=body).json()[0]
+        doc = {
+            "name": name or f"b-{uuid.uuid4().hex[:8]}",
+            "data": data,
+            "block_schema_id": schema["id"],
+            "block_type_id": block_type["id"],
+        }
+        return self.request("POST", "/block_documents/", json=doc).json()
 
     # -- reads ---------------------------------------------------------------------------------
 
