@@ -32,26 +32,24 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    SecretStr,
-    ValidationError,
-)
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
 
+from agent.infra.container import (
+    COMMON_HINTS,
+    DEFAULT_COMMAND,
+    merged_env,
+    require_template_object,
+    reroot,
+    validate_fields,
+)
+from agent.infra.fields import Command, EnvHidingModel, EnvName, EnvValue, StreamOutput
 from agent.infra.patch import parse_customizations
-from agent.infra.process import _CUSTOM, Command, EnvName, EnvValue, StreamOutput, _describe, _path
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
 __all__ = ["ENV_SECRETS", "AciConfig", "AciCredentials", "AciKind", "AcrIdentity", "RegistryLogin"]
 
 ENV_SECRETS: Final = frozenset({"PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
-DEFAULT_COMMAND: Final = ("prefect", "flow-run", "execute")
 DEFAULT_ENTRYPOINT: Final = "/opt/prefect/entrypoint.sh"
 API_VERSION: Final = "2022-09-01"  # the one of Prefect's template
 _GROUP_TYPE: Final = "Microsoft.ContainerInstance/containerGroups"
@@ -92,7 +90,7 @@ class AcrIdentity(BaseModel):
     identity: str
 
 
-class AciConfig(BaseModel):
+class AciConfig(EnvHidingModel):
     """One container group to create. The repr hides env values and every credential."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -127,10 +125,6 @@ class AciConfig(BaseModel):
     arm_parameters: dict[str, Any] = Field(default_factory=dict, repr=False)
     customizations: tuple[dict[str, Any], ...] = Field(default=(), repr=False)
 
-    def __repr_args__(self) -> Any:
-        for field, value in super().__repr_args__():
-            yield field, ({key: "<hidden>" for key in value} if field == "env" else value)
-
 
 class AciKind:
     """ACI container groups from `azure-container-instance` pools and blocks."""
@@ -140,14 +134,14 @@ class AciKind:
     block_slug: ClassVar[str] = "azure-container-instance-job"
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> AciConfig:
-        _require_mapping(resolved, "job configuration", source)
+        require_template_object(resolved, "job configuration", source)
         data = dict(resolved)
         if "arm_template" in resolved:
             data.update(_from_arm_template(resolved["arm_template"], source))
         return _validate(data, source, "job variable")
 
     def config_from_block(self, data: Mapping[str, Any], *, source: str) -> AciConfig:
-        _require_mapping(data, "block data", source)
+        require_template_object(data, "block data", source)
         fields = {key: value for key, value in data.items() if value is not None}
         for key in ("container_group", "arm_parameters", "api_version"):
             fields.pop(key, None)  # ours, never a block's
@@ -184,13 +178,7 @@ class AciKind:
 
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, AciConfig), type(config)
-        rerooted = []
-        for op in config.customizations:
-            moved = {**copy.deepcopy(op), "path": "/container_group" + op["path"]}
-            if isinstance(op.get("from"), str):
-                moved["from"] = "/container_group" + op["from"]
-            rerooted.append(moved)
-        return rerooted
+        return reroot(config.customizations, "/container_group")
 
 
 # ---------------------------------------------------------------- building the payload
@@ -217,12 +205,11 @@ def _base_body(config: AciConfig, group: str) -> dict[str, Any]:
 
 
 def _environment(config: AciConfig, ctx: RunContext) -> list[dict[str, str]]:
-    env = {**ctx.env, **config.env}
+    env = merged_env(ctx.env, config.env)
     secure = ENV_SECRETS | set(config.secure_env)
     return [
         {"name": name, "secureValue": value} if name in secure else {"name": name, "value": value}
         for name, value in env.items()
-        if value is not None
     ]
 
 
@@ -325,7 +312,8 @@ def _evaluate(node: Any, params: Mapping[str, Any], path: str, source: str) -> A
 
 # ---------------------------------------------------------------- validation
 
-_HELP: Final[dict[str, tuple[str, str]]] = {
+_HINTS: Final[dict[str, tuple[str, str]]] = {
+    **COMMON_HINTS,
     "image": ("an image reference", 'set it to an image such as "prefecthq/prefect:3-latest"'),
     "resource_group_name": ("a resource group name", "set it to the resource group to run in"),
     "subscription_id": ("a subscription id", "set it to the Azure subscription id"),
@@ -341,7 +329,6 @@ _HELP: Final[dict[str, tuple[str, str]]] = {
     "gpu_sku": ("a GPU SKU string or null", "give an SKU such as V100, or null"),
     "subnet_ids": ("a list of subnet resource ids", "give a list of strings"),
     "dns_servers": ("a list of DNS server addresses", "give a list of strings"),
-    "stream_output": ("a boolean", "set it to true or false"),
     "keep_container_group": ("a boolean", "set it to true or false"),
     "aci_credentials": (
         "an ACI credentials object",
@@ -349,25 +336,13 @@ _HELP: Final[dict[str, tuple[str, str]]] = {
     ),
     "task_start_timeout_seconds": ("a number of seconds > 0", "give whole seconds, e.g. 240"),
     "task_watch_poll_interval": ("a number of seconds > 0", "give seconds, e.g. 5"),
-    "command": ("a command line string or a list of strings", "leave it empty for the default"),
-    "env": ('an object of NAME: "value" strings', 'give env as {"NAME": "value"}; null unsets'),
     "secure_env": ("a list of env names", 'give names such as ["DB_PASSWORD"]'),
-    "labels": ("an object of string values", 'give labels such as {"team": "data"}'),
-    "name": ("a string or null", "set it to a string, or leave it empty"),
     "location": ("an Azure region or null", 'set it to a region such as "westeurope"'),
 }
 # values never echoed: secrets, or objects that hold some
 _HIDDEN: Final = frozenset({"env", "command", "subscription_id", "aci_credentials", "image_registry"})
-
-
-def _require_mapping(value: Any, what: str, source: str) -> None:
-    if not isinstance(value, Mapping):
-        raise InfraError(
-            f"{what} from {source} must be an object (got {type(value).__name__}); "
-            "fix the work pool's base job template or the block",
-            field="job_configuration",
-            source=source,
-        )
+# unions: their per-shape errors would name a model class, so errors name the field
+_UNIONS: Final = frozenset({"image_registry"})
 
 
 def _validate(data: dict[str, Any], source: str, noun: str) -> AciConfig:
@@ -375,35 +350,14 @@ def _validate(data: dict[str, Any], source: str, noun: str) -> AciConfig:
     data["customizations"] = parse_customizations(
         data.get("customizations"), field="customizations", source=source
     )
-    try:
-        config = AciConfig.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-    else:
-        if bool(config.gpu_count) != bool(config.gpu_sku):
-            raise InfraError(
-                f"{noun}s 'gpu_count' and 'gpu_sku' from {source} must be set together; "
-                "set both (e.g. 1 and V100) or neither",
-                field="gpu_count" if not config.gpu_count else "gpu_sku",
-                source=source,
-            )
-        return config
-    raise _field_error(error, source, noun) from None
-
-
-def _field_error(error: ErrorDetails, source: str, noun: str) -> InfraError:
-    path = _path(error["loc"])
-    field = str(error["loc"][0]) if error["loc"] else "job_configuration"
-    if field == "image_registry":  # the union's per-shape errors would name a model class
-        path, error = field, {**error, "type": "model_type"}
-    expected, fix = _HELP.get(field, ("valid", "correct it"))
-    where = f"{noun} {path!r} from {source}"
-    if error["type"] == _CUSTOM:
-        message = f"{where} {error['msg']}; {error.get('ctx', {}).get('fix', fix)}"
-    elif error["type"] == "missing" or (error["type"] == "string_too_short" and path == field):
-        message = f"{where} is not set; {fix}"
-    else:
-        got = _describe(error.get("input"), field in _HIDDEN)
-        should = f"must be {expected}" if path == field else error["msg"].replace("Input should", "should")
-        message = f"{where} {should} (got {got}); {fix}"
-    return InfraError(message, field=path, source=source)
+    config = validate_fields(
+        AciConfig, data, source=source, noun=noun, hints=_HINTS, hidden=_HIDDEN, whole=_UNIONS
+    )
+    if bool(config.gpu_count) != bool(config.gpu_sku):
+        raise InfraError(
+            f"{noun}s 'gpu_count' and 'gpu_sku' from {source} must be set together; "
+            "set both (e.g. 1 and V100) or neither",
+            field="gpu_count" if not config.gpu_count else "gpu_sku",
+            source=source,
+        )
+    return config

@@ -3,7 +3,7 @@
 Pool type `cloud-run-v2` builds the body of `projects.locations.jobs.create` (Cloud Run
 Admin API v2) as prefect-gcp's v2 worker does; pool type `cloud-run` and the Prefect 2
 `CloudRunJob` block build the v1 (Knative-style) body of `namespaces.jobs.create`, as the
-v1 worker and the block do. Payloads:
+v1 worker and the block do (built in agent/infra/cloud_run_payload.py). Payloads:
 
     v2: {"job": <Job body>, "job_id": <name>, "parent": "projects/P/locations/R"}
     v1: {"job": <Job body, name in metadata.name>, "parent": "namespaces/P",
@@ -27,78 +27,23 @@ are returned rewritten against the payload (`/job/...`). `CloudRunJob` had none.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
-import shlex
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.infra.ecs import (
-    DEFAULT_COMMAND,
-    Origin,
-    SecretDict,
-    config_error,
-    merged_env,
-    stable_suffix,
-    validate_model,
-)
+from agent.infra.cloud_run_payload import CloudRunConfig, build_payload, job_containers
+from agent.infra.container import SecretDict, config_error, require_object, reroot, validate_model
+from agent.infra.fields import Command, EnvName, EnvValue
 from agent.infra.patch import parse_customizations
-from agent.infra.process import Command, EnvName, EnvValue
 from agent.infra.spec import RunContext
 
 __all__ = ["CloudRunConfig", "CloudRunKind"]
 
-DEFAULT_IMAGE: Final = "docker.io/prefecthq/prefect:3-latest"
 _REGION: Final = re.compile(r"^[a-z]+(?:-[a-z]+)+\d+$")
 _MEMORY: Final = re.compile(r"^\d+(?:G|Gi|M|Mi)$")
-_LABEL_UNSAFE: Final = re.compile(r"[^a-z0-9_-]")
-_NAME_UNSAFE: Final = re.compile(r"[^a-z0-9-]+")
-_MAX_LABELS: Final = 64
-_SECRET_ENV: Final = {
-    "prefect_api_key_secret": "PREFECT_API_KEY",
-    "prefect_api_auth_string_secret": "PREFECT_API_AUTH_STRING",
-}
-
-
-class SecretKeySelector(BaseModel):
-    """A Secret Manager secret version: `{"secret": "prefect-api-key", "version": "latest"}`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    secret: str
-    version: str = "latest"
-
-
-class CloudRunConfig(BaseModel):
-    """One Cloud Run job: prefect-gcp's job configuration fields plus the resolved project.
-
-    `credentials` (a `GcpCredentials` block's data) and `customizations` are left out of
-    the repr and of `model_dump`; the backend reads them as attributes.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    api: Literal["v1", "v2"] = "v2"
-    origin: Origin = "pool"
-    region: str
-    project: str
-    credentials: SecretDict = None
-    job_body: dict[str, Any] = Field(repr=False)
-    command: Command = None
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict, repr=False)
-    labels: dict[str, str] = Field(default_factory=dict)
-    name: str | None = None
-    env_from_secrets: dict[str, SecretKeySelector] = Field(default_factory=dict)
-    prefect_api_key_secret: SecretKeySelector | None = None
-    prefect_api_auth_string_secret: SecretKeySelector | None = None
-    cloudsql_instances: list[str] = Field(default_factory=list)
-    keep_job: bool = False
-    timeout: int = Field(default=600, gt=0, le=604800)
-    customizations: list[dict[str, Any]] = Field(default_factory=list, repr=False, exclude=True)
-    customizations_field: str = "customizations"
 
 
 class _CloudRunJobBlock(BaseModel):
@@ -148,10 +93,7 @@ class CloudRunKind:
     block_slug: ClassVar[str] = "cloud-run-job"
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> CloudRunConfig:
-        if not isinstance(resolved, Mapping):
-            raise config_error(
-                f"job configuration of {source} must be an object", "job_configuration", source
-            )
+        require_object(resolved, "job configuration", source)
         api = "v1" if pool_type == "cloud-run" else "v2"
         data = {**resolved, "api": api, "origin": "pool"}
         data["project"] = _project(resolved, source, "job variable")
@@ -163,8 +105,7 @@ class CloudRunKind:
         return config
 
     def config_from_block(self, data: Mapping[str, Any], *, source: str) -> CloudRunConfig:
-        if not isinstance(data, Mapping):
-            raise config_error(f"block data of {source} must be an object", "block_data", source)
+        require_object(data, "block data", source)
         block = validate_model(
             _CloudRunJobBlock, data, source=source, fixes=_FIXES, hidden=_HIDDEN, what="block field"
         )
@@ -194,39 +135,11 @@ class CloudRunKind:
 
     def build_payload(self, config: BaseModel, ctx: RunContext) -> dict[str, Any]:
         assert isinstance(config, CloudRunConfig)
-        body = copy.deepcopy(config.job_body)
-        labels = _sanitize_labels({**ctx.labels, **config.labels})
-        name = config.name or ctx.flow_run_name
-        if config.api == "v2":
-            _prepare_v2(config, body, ctx, labels)
-            job_id = f"{_slug_name(name, 63 - 1 - 7)}-{stable_suffix(ctx.flow_run_id, 7)}"
-            return {
-                "job": body,
-                "job_id": job_id,
-                "parent": f"projects/{config.project}/locations/{config.region}",
-            }
-        _prepare_v1(config, body, ctx, labels)
-        if "name" not in body["metadata"]:
-            limit = 17 if config.origin == "block" else 30
-            body["metadata"]["name"] = f"{_slug_name(_v1_base_name(config, name), limit)}-" + stable_suffix(
-                ctx.flow_run_id, 32
-            )
-        return {
-            "job": body,
-            "parent": f"namespaces/{config.project}",
-            "endpoint": f"https://{config.region}-run.googleapis.com",
-        }
+        return build_payload(config, ctx)
 
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, CloudRunConfig)
-        ops = []
-        for op in config.customizations:
-            op = dict(op)
-            for key in ("path", "from"):
-                if isinstance(op.get(key), str):
-                    op[key] = "/job" + op[key]
-            ops.append(op)
-        return ops
+        return reroot(config.customizations, "/job")
 
 
 def _project(data: Mapping[str, Any], source: str, what: str) -> str:
@@ -252,16 +165,6 @@ def _project(data: Mapping[str, Any], source: str, what: str) -> str:
     )
 
 
-def _containers(config: CloudRunConfig) -> Any:
-    body = config.job_body
-    try:
-        if config.api == "v2":
-            return body["template"]["template"]["containers"]
-        return body["spec"]["template"]["spec"]["template"]["spec"]["containers"]
-    except (KeyError, TypeError):
-        return None
-
-
 def _check(config: CloudRunConfig, source: str, what: str) -> None:
     if not _REGION.match(config.region):
         raise config_error(
@@ -274,7 +177,7 @@ def _check(config: CloudRunConfig, source: str, what: str) -> None:
         raise config_error(
             f"{what} 'timeout' from {source} exceeds 3600; {_FIXES['timeout']}", "timeout", source
         )
-    containers = _containers(config)
+    containers = job_containers(config)
     if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
         where = "template.template.containers" if config.api == "v2" else "spec...spec.containers"
         raise config_error(
@@ -315,101 +218,3 @@ def _v1_block_body(block: _CloudRunJobBlock) -> dict[str, Any]:
             "template": {"metadata": {"annotations": annotations}, "spec": {"template": {"spec": task_spec}}}
         },
     }
-
-
-def _v1_base_name(config: CloudRunConfig, name: str) -> str:
-    if config.origin != "block":
-        return name
-    # CloudRunJob named jobs after the image: "gcr.io/p/repo:tag" -> "repo-tag"
-    image = _containers(config)[0].get("image", "")
-    return image.split("/")[2] if image.count("/") >= 2 else image.rsplit("/", 1)[-1]
-
-
-def _env_entries(config: CloudRunConfig, ctx: RunContext) -> list[dict[str, Any]]:
-    env = merged_env(ctx.env, config.env)
-    for option, variable in _SECRET_ENV.items():
-        if getattr(config, option) or variable in config.env_from_secrets:
-            env.pop(variable, None)  # provided by Secret Manager instead
-    entries: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-    secrets = dict(config.env_from_secrets)
-    for option, variable in _SECRET_ENV.items():
-        if getattr(config, option):
-            secrets[variable] = getattr(config, option)
-    for variable, ref in secrets.items():
-        if config.api == "v2":
-            entries.append({"name": variable, "valueSource": {"secretKeyRef": ref.model_dump()}})
-        else:
-            key_ref = {"name": ref.secret, "key": ref.version}
-            entries.append({"name": variable, "valueFrom": {"secretKeyRef": key_ref}})
-    return entries
-
-
-def _command_and_args(config: CloudRunConfig, container: dict[str, Any]) -> None:
-    command = container.get("command")
-    if command is None:
-        container["command"] = list(config.command or DEFAULT_COMMAND)
-    elif isinstance(command, str):
-        container["command"] = shlex.split(command)
-    if isinstance(container.get("args"), str):
-        container["args"] = shlex.split(container["args"])
-    container.setdefault("image", DEFAULT_IMAGE)
-
-
-def _prepare_v2(
-    config: CloudRunConfig, body: dict[str, Any], ctx: RunContext, labels: dict[str, str]
-) -> None:
-    """`CloudRunWorkerJobV2Configuration.prepare_for_flow_run`, in the same order."""
-    template = body["template"]["template"]
-    container = template["containers"][0]
-    container.setdefault("env", []).extend(_env_entries(config, ctx))
-    body["labels"] = _merge_labels(labels, body.get("labels") or {})
-    body["template"]["labels"] = _merge_labels(labels, body["template"].get("labels") or {})
-    if config.cloudsql_instances:
-        volume = {"name": "cloudsql", "cloudSqlInstance": {"instances": list(config.cloudsql_instances)}}
-        template.setdefault("volumes", []).append(volume)
-        container.setdefault("volumeMounts", []).append({"name": "cloudsql", "mountPath": "/cloudsql"})
-    _command_and_args(config, container)
-    template["timeout"] = f"{config.timeout}s"
-    vpc_access = template.get("vpcAccess", {})
-    if "vpcAccess" in template and (not vpc_access or vpc_access == {"connector": None}):
-        del template["vpcAccess"]
-
-
-def _prepare_v1(
-    config: CloudRunConfig, body: dict[str, Any], ctx: RunContext, labels: dict[str, str]
-) -> None:
-    """`CloudRunWorkerJobConfiguration.prepare_for_flow_run` (and `CloudRunJob`'s body)."""
-    container = body["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]
-    container["env"] = _env_entries(config, ctx)
-    metadata = body.setdefault("metadata", {})
-    metadata["labels"] = _merge_labels(labels, metadata.get("labels") or {})
-    execution = body["spec"]["template"].setdefault("metadata", {})
-    execution["labels"] = _merge_labels(labels, execution.get("labels") or {})
-    _command_and_args(config, container)
-
-
-def _sanitize_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """GCP label rules as prefect-gcp applies them: [a-z0-9_-], keys start with a letter, <= 63."""
-    sanitized: dict[str, str] = {}
-    for key, value in labels.items():
-        safe_key = re.sub(r"^[^a-z]+", "", _LABEL_UNSAFE.sub("-", key.lower()))[:63]
-        if safe_key:
-            sanitized[safe_key] = _LABEL_UNSAFE.sub("-", str(value).lower())[:63]
-    return sanitized
-
-
-def _merge_labels(prefect_labels: dict[str, str], existing: Mapping[str, Any]) -> dict[str, Any]:
-    # the template's own labels win and are never dropped; Cloud Run allows 64 labels
-    merged = {**prefect_labels, **existing}
-    ours = [key for key in prefect_labels if key not in existing]
-    excess = len(merged) - _MAX_LABELS
-    for key in ours[len(ours) - excess :] if excess > 0 else []:
-        del merged[key]  # the last ones (least useful, e.g. worker-name) go first
-    return merged
-
-
-def _slug_name(name: str, max_length: int) -> str:
-    """python-slugify as prefect-gcp's `slugify_name` uses it; "prefect" if nothing is left."""
-    slug = _NAME_UNSAFE.sub("-", name.lower()).strip("-")
-    slug = re.sub(r"-{2,}", "-", slug)[:max_length].strip("-")
-    return slug or "prefect"

@@ -4,7 +4,7 @@ Both sources become one `KubernetesConfig`: a base Job manifest plus the setting
 applies on top of it (3.8.8 `KubernetesWorkerJobConfiguration.prepare_for_flow_run` with
 prefect-kubernetes 0.8.0; 2.x `KubernetesJob._shortcut_customizations`). The payload is
 `{"namespace": ns, "job": manifest}`, the manifest being exactly what `create_namespaced_job`
-receives.
+receives; agent/infra/kubernetes_manifest.py checks its shape and makes its names valid.
 
 **Customizations target the Job manifest**, as in Prefect 2: `{"op": "add", "path":
 "/spec/backoffLimit", "value": 2}`. They come from a block's `customizations` (a list or a
@@ -22,38 +22,43 @@ image from); a block's manifest gets the pool's label propagation to the pod tem
 from __future__ import annotations
 
 import copy
-import re
-import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
+from agent.infra.container import (
+    COMMON_HINTS,
+    DEFAULT_COMMAND,
+    merged_env,
+    require_template_object,
+    reroot,
+    validate_fields,
+)
+from agent.infra.fields import Command, EnvHidingModel, EnvName, EnvValue, StreamOutput
+from agent.infra.kubernetes_manifest import (
+    COMMAND,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    base_manifest,
+    check_container,
+    check_name,
+    generate_name,
+    job_container,
+    label_key,
+    sanitize_labels,
+)
 from agent.infra.patch import parse_customizations
-from agent.infra.process import _CUSTOM, Command, EnvName, EnvValue, StreamOutput, _describe, _path
 from agent.infra.spec import RunContext
-from agent.infra.templating import InfraError, find_placeholders
+from agent.infra.templating import InfraError
 
 __all__ = ["DEFAULT_COMMAND", "KubernetesConfig", "KubernetesKind"]
 
-DEFAULT_COMMAND: Final = ("prefect", "flow-run", "execute")
-_CONTAINER: Final = "prefect-job"
 _SIGTERM_ENV: Final = "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"
-_PULL_POLICIES: Final = ("IfNotPresent", "Always", "Never")
 _SECRETS_HIDDEN: Final = frozenset({"env", "command", "cluster_config", "job_manifest", "job"})
-_COMMAND: Final = TypeAdapter(Command)
 
 
-def _base_manifest() -> dict[str, Any]:
-    """Prefect 2's `KubernetesJob.base_job_manifest()`: a block without `job` starts here."""
-    pod_spec = {"parallelism": 1, "completions": 1, "restartPolicy": "Never"}
-    pod_spec["containers"] = [{"name": _CONTAINER, "env": []}]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"labels": {}},
-            "spec": {"template": {"spec": pod_spec}}}  # fmt: skip
-
-
-class KubernetesConfig(BaseModel):
+class KubernetesConfig(EnvHidingModel):
     """One Kubernetes Job to create: the base manifest and what goes on top of it.
 
     Fields left None keep what the manifest says. The repr shows env names only and leaves
@@ -82,10 +87,6 @@ class KubernetesConfig(BaseModel):
     stream_output: StreamOutput = True
     customizations: tuple[dict[str, Any], ...] = Field(default=(), repr=False)
 
-    def __repr_args__(self) -> Any:
-        for field, value in super().__repr_args__():
-            yield field, ({key: "<hidden>" for key in value} if field == "env" else value)
-
 
 class KubernetesKind:
     """Kubernetes Jobs from `kubernetes` pools and `kubernetes-job` blocks."""
@@ -97,7 +98,7 @@ class KubernetesKind:
     def config_from_pool(
         self, resolved: Mapping[str, Any], *, pool_type: str, source: str
     ) -> KubernetesConfig:
-        _require_mapping(resolved, "job configuration", source)
+        require_template_object(resolved, "job configuration", source)
         if not isinstance(resolved.get("job_manifest"), Mapping):
             raise InfraError(
                 f"job configuration from {source} has no 'job_manifest' object; reset the base job "
@@ -114,7 +115,7 @@ class KubernetesKind:
         return _checked(config, "job_manifest", source)
 
     def config_from_block(self, data: Mapping[str, Any], *, source: str) -> KubernetesConfig:
-        _require_mapping(data, "block data", source)
+        require_template_object(data, "block data", source)
         job = data.get("job")
         if job is not None and not isinstance(job, Mapping):
             raise InfraError(
@@ -123,7 +124,7 @@ class KubernetesKind:
                 field="job",
                 source=source,
             )
-        manifest = copy.deepcopy(dict(job)) if job else _base_manifest()
+        manifest = copy.deepcopy(dict(job)) if job else base_manifest()
         metadata = manifest.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else {}
         # Prefect 2 always replaced generateName with one made from the run's name
@@ -147,7 +148,7 @@ class KubernetesKind:
         manifest["metadata"].setdefault("namespace", config.namespace)
         container = manifest["spec"]["template"]["spec"]["containers"][0]
         _apply_shortcuts(config, manifest, container)
-        container["args"] = config.command or _COMMAND.validate_python(container.get("args"))
+        container["args"] = config.command or COMMAND.validate_python(container.get("args"))
         container["args"] = container["args"] or list(DEFAULT_COMMAND)
         container["env"] = _container_env(config, ctx, manifest["spec"], container.get("env"))
         _set_metadata(config, ctx, manifest)
@@ -155,7 +156,7 @@ class KubernetesKind:
 
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, KubernetesConfig), type(config)
-        return _reroot(config.customizations, "/job")
+        return reroot(config.customizations, "/job")
 
 
 # ---------------------------------------------------------------- building the payload
@@ -177,8 +178,7 @@ def _container_env(
     config: KubernetesConfig, ctx: RunContext, job_spec: dict[str, Any], template_env: Any
 ) -> list[dict[str, Any]]:
     """Ours first, then `valueFrom` refs, then the manifest's hard-coded entries we do not set."""
-    env = {**ctx.env, **config.env}
-    env = {name: value for name, value in env.items() if value is not None}
+    env = merged_env(ctx.env, config.env)
     # Kubernetes retries the pod unless backoffLimit is 0, so the engine must then hand the
     # run back on SIGTERM ("relinquish"); with 0 it reschedules it (prefect-kubernetes 0.8.0)
     if job_spec.get("backoffLimit") == 0:
@@ -198,103 +198,21 @@ def _set_metadata(config: KubernetesConfig, ctx: RunContext, manifest: dict[str,
     metadata = manifest["metadata"]
     pod_meta = manifest["spec"]["template"].setdefault("metadata", {})
     labels = {**config.labels, **ctx.labels}
-    metadata["labels"] = _labels({**metadata["labels"], **labels})
-    pod_meta["labels"] = _labels({**(pod_meta.get("labels") or {}), **labels})
+    metadata["labels"] = sanitize_labels({**metadata["labels"], **labels})
+    pod_meta["labels"] = sanitize_labels({**(pod_meta.get("labels") or {}), **labels})
     annotations = {**metadata["annotations"], **config.annotations}
-    metadata["annotations"] = {_label_key(key, ""): value for key, value in annotations.items()}
+    metadata["annotations"] = {label_key(key, ""): value for key, value in annotations.items()}
     if metadata["annotations"]:
         pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), **metadata["annotations"]}
     if not metadata.get("name"):
         name = config.name or ctx.flow_run_name
-        metadata["generateName"] = _generate_name(metadata.get("generateName"), name)
-
-
-def _generate_name(current: Any, name: str) -> str:
-    """The manifest's generateName made valid, or one from the job's (else the run's) name."""
-    # "{{ name }}-" renders "-" (or "None-") for a pool without a name: Prefect replaces those.
-    # A name with spaces or capitals ("Nightly ETL-") is slugified, where Prefect sends it as
-    # it is and the API rejects the Job.
-    usable = isinstance(current, str) and current.strip("-") and current != "None-"
-    if usable and not find_placeholders(current):
-        name = current
-    return (_slug(name) or "prefect-job") + "-"
-
-
-def _reroot(operations: tuple[dict[str, Any], ...], root: str) -> list[dict[str, Any]]:
-    """Operations written against the manifest, moved under `root` of the payload."""
-    rerooted = []
-    for op in operations:
-        moved = {**copy.deepcopy(op), "path": root + op["path"]}
-        if isinstance(op.get("from"), str):
-            moved["from"] = root + op["from"]
-        rerooted.append(moved)
-    return rerooted
-
-
-# ---------------------------------------------------------------- Kubernetes names
-
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_LABEL_NAME: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_QUANTITY: Final = re.compile(r"\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[KMGTPE]i|[numkMGTPE])?")
-
-
-def _slug(
-    text: str, *, allowed: str = "a-z0-9-", limit: int = 45, lower: bool = True, strip: str = "-"
-) -> str:
-    """python-slugify as Prefect calls it: ASCII only, runs of other characters -> "-"."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().replace("'", "")
-    text = re.sub(rf"[^{allowed}]+", "-", text.lower() if lower else text)
-    return re.sub(r"-{2,}", "-", text).strip("-")[:limit].strip(strip)
-
-
-def _label_key(key: str, source: str) -> str:
-    """`prefix/name` as Kubernetes wants it; a key that cannot be made valid is an error."""
-    prefix, _, name = key.partition("/") if "/" in key else ("", "", key)
-    name = _slug(name, allowed="a-zA-Z0-9_.-", limit=63, lower=False, strip="_-.")
-    prefix = _slug(prefix, allowed="a-z0-9.-", limit=253, strip="_-.") if prefix else ""
-    if not name or not _LABEL_NAME.fullmatch(name) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        raise InfraError(
-            f"label or annotation key {key!r} from {source or 'the run'} cannot be made a valid "
-            "Kubernetes key; use letters, digits, '-', '_', '.' with an optional 'dns.prefix/'",
-            field="labels",
-            source=source,
-        )
-    return f"{prefix}/{name}" if prefix else name
-
-
-def _labels(labels: Mapping[str, Any]) -> dict[str, str]:
-    # an empty label value is valid, a value that sanitises to nothing becomes one
-    clean = lambda v: _slug(str(v), allowed="a-zA-Z0-9_.-", limit=63, lower=False, strip="_-.")  # noqa: E731
-    return {_label_key(key, ""): clean(value) for key, value in labels.items()}
-
-
-def _check_name(value: Any, pattern: re.Pattern[str], limit: int, field: str, source: str) -> None:
-    if not (isinstance(value, str) and len(value) <= limit and pattern.fullmatch(value)):
-        shown = repr(value) if isinstance(value, str) and len(value) <= 80 else type(value).__name__
-        raise InfraError(
-            f"{field} from {source} is not a valid Kubernetes name (got {shown}); use at most "
-            f"{limit} lowercase letters, digits and '-', starting and ending with a letter or digit",
-            field=field,
-            source=source,
-        )
-
-
-def _check_quantity(value: Any, field: str, source: str) -> None:
-    if isinstance(value, bool) or not (
-        isinstance(value, int | float) or (isinstance(value, str) and _QUANTITY.fullmatch(value))
-    ):
-        raise InfraError(
-            f"{field} from {source} is not a Kubernetes quantity (got {_describe(value, False)}); "
-            "write CPU as '500m' or '2' and memory as '512Mi' or '4Gi'",
-            field=field,
-            source=source,
-        )
+        metadata["generateName"] = generate_name(metadata.get("generateName"), name)
 
 
 # ---------------------------------------------------------------- validation
 
-_HELP: Final[dict[str, tuple[str, str]]] = {
+_HINTS: Final[dict[str, tuple[str, str]]] = {
+    **COMMON_HINTS,
     "job_manifest": ("a Job manifest object", "reset the pool's base job template"),
     "job": ("a Job manifest object", "give a batch/v1 Job manifest, or remove it for the default"),
     "namespace": ("a namespace name", 'set it to a namespace such as "default"'),
@@ -305,48 +223,14 @@ _HELP: Final[dict[str, tuple[str, str]]] = {
     "job_watch_timeout_seconds": ("a number of seconds > 0 or null", "give whole seconds"),
     "pod_watch_timeout_seconds": ("a number of seconds > 0", "give whole seconds, e.g. 60"),
     "cluster_config": ("a cluster config object", "point it at a kubernetes-cluster-config block"),
-    "command": ("a command line string or a list of strings", "leave it empty for the default"),
-    "env": ('an object of NAME: "value" strings', 'give env as {"NAME": "value"}; null unsets'),
-    "labels": ("an object of string values", 'give labels such as {"team": "data"}'),
     "annotations": ("an object of string values", 'give annotations such as {"team": "data"}'),
-    "name": ("a string or null", "set it to a string, or leave it empty"),
-    "stream_output": ("a boolean", "set it to true or false"),
 }
 
 
-def _require_mapping(value: Any, what: str, source: str) -> None:
-    if not isinstance(value, Mapping):
-        raise InfraError(
-            f"{what} from {source} must be an object (got {type(value).__name__}); "
-            "fix the work pool's base job template or the block",
-            field="job_configuration",
-            source=source,
-        )
-
-
 def _validate(data: Mapping[str, Any], source: str, noun: str) -> KubernetesConfig:
-    """The typed config, or an `InfraError` for the first problem (never chained: it holds input)."""
-    try:
-        return KubernetesConfig.model_validate(dict(data))
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-    raise _field_error(error, source, noun) from None
-
-
-def _field_error(error: ErrorDetails, source: str, noun: str) -> InfraError:
-    path = _path(error["loc"])
-    field = str(error["loc"][0]) if error["loc"] else "job_configuration"
-    expected, fix = _HELP.get(field, ("valid", "correct it"))
-    where = f"{noun} {path!r} from {source}"
-    if error["type"] == _CUSTOM:
-        message = f"{where} {error['msg']}; {error.get('ctx', {}).get('fix', fix)}"
-    elif error["type"] == "missing":
-        message = f"{where} is not set; {fix}"
-    else:
-        got = _describe(error.get("input"), field in _SECRETS_HIDDEN)
-        should = f"must be {expected}" if path == field else error["msg"].replace("Input should", "should")
-        message = f"{where} {should} (got {got}); {fix}"
-    return InfraError(message, field=path, source=source)
+    return validate_fields(
+        KubernetesConfig, data, source=source, noun=noun, hints=_HINTS, hidden=_SECRETS_HIDDEN
+    )
 
 
 def _split_env(value: Any, source: str) -> tuple[Any, list[dict[str, Any]]]:
@@ -372,9 +256,9 @@ def _split_env(value: Any, source: str) -> tuple[Any, list[dict[str, Any]]]:
 
 def _checked(config: KubernetesConfig, field: str, source: str) -> KubernetesConfig:
     """Structure, names and quantities of the manifest: a bad one fails here, not at the API."""
-    container = _container(config.job_manifest, field, source)
+    container = job_container(config.job_manifest, field, source)
     metadata = config.job_manifest["metadata"]
-    _check_name(config.namespace, _DNS_LABEL, 63, "namespace", source)
+    check_name(config.namespace, DNS_LABEL, 63, "namespace", source)
     if metadata.get("namespace") not in (None, config.namespace):
         raise InfraError(
             f"{field}.metadata.namespace from {source} differs from namespace {config.namespace!r}; "
@@ -383,13 +267,13 @@ def _checked(config: KubernetesConfig, field: str, source: str) -> KubernetesCon
             source=source,
         )
     if metadata.get("name"):
-        _check_name(metadata["name"], _DNS_LABEL, 63, f"{field}.metadata.name", source)
+        check_name(metadata["name"], DNS_LABEL, 63, f"{field}.metadata.name", source)
     pod_spec = config.job_manifest["spec"]["template"]["spec"]
     account = config.service_account_name or pod_spec.get("serviceAccountName")
     if account is not None:
-        _check_name(account, _DNS_SUBDOMAIN, 253, "service_account_name", source)
+        check_name(account, DNS_SUBDOMAIN, 253, "service_account_name", source)
     for key in (*config.labels, *config.annotations, *metadata["labels"], *metadata["annotations"]):
-        _label_key(key, source)
+        label_key(key, source)
     if not (config.image or container.get("image")):
         raise InfraError(
             f"image from {source} is not set; set the 'image' job variable (or the block's image) to "
@@ -397,70 +281,5 @@ def _checked(config: KubernetesConfig, field: str, source: str) -> KubernetesCon
             field="image",
             source=source,
         )
-    _check_container(container, f"{field}.spec.template.spec.containers[0]", source)
+    check_container(container, f"{field}.spec.template.spec.containers[0]", source)
     return config
-
-
-def _container(manifest: dict[str, Any], field: str, source: str) -> dict[str, Any]:
-    """The Job's first container, named "prefect-job", or an error naming what is wrong."""
-
-    def bad(path: str, problem: str) -> InfraError:
-        return InfraError(
-            f"{field}{path} from {source} {problem}; the manifest must be a batch/v1 Job whose "
-            f"spec.template.spec has restartPolicy Never and containers[0] named {_CONTAINER!r}",
-            field=f"{field}{path}",
-            source=source,
-        )
-
-    if manifest.get("apiVersion") != "batch/v1" or manifest.get("kind") != "Job":
-        raise bad("", "is not a batch/v1 Job")
-    if not isinstance(manifest.setdefault("metadata", {}), dict):
-        raise bad(".metadata", "is not an object")
-    for key in ("labels", "annotations"):
-        if not isinstance(manifest["metadata"].setdefault(key, {}), dict):
-            raise bad(f".metadata.{key}", "is not an object")
-    spec = manifest.get("spec")
-    template = spec.get("template") if isinstance(spec, dict) else None
-    pod_spec = template.get("spec") if isinstance(template, dict) else None
-    if not isinstance(pod_spec, dict):
-        raise bad(".spec.template.spec", "is missing")
-    if pod_spec.setdefault("restartPolicy", "Never") != "Never":
-        raise bad(".spec.template.spec.restartPolicy", "is not 'Never'")
-    containers = pod_spec.get("containers")
-    if not (isinstance(containers, list) and containers and isinstance(containers[0], dict)):
-        raise bad(".spec.template.spec.containers", "has no container")
-    if containers[0].get("name") != _CONTAINER:
-        raise bad(".spec.template.spec.containers[0].name", f"is not {_CONTAINER!r}")
-    return containers[0]
-
-
-def _check_container(container: dict[str, Any], path: str, source: str) -> None:
-    policy = container.get("imagePullPolicy")
-    if policy is not None and policy not in _PULL_POLICIES:
-        raise InfraError(
-            f"{path}.imagePullPolicy from {source} must be one of {', '.join(_PULL_POLICIES)} "
-            f"(got {_describe(policy, False)}); use one of those words",
-            field=f"{path}.imagePullPolicy",
-            source=source,
-        )
-    try:
-        _COMMAND.validate_python(container.get("args"))
-    except ValidationError:
-        raise InfraError(
-            f"{path}.args from {source} must be a command string or a list of strings (value hidden); "
-            "leave it as '{{ command }}' and set the 'command' job variable",
-            field=f"{path}.args",
-            source=source,
-        ) from None
-    resources = container.get("resources") or {}
-    for kind in ("limits", "requests"):
-        amounts = resources.get(kind) if isinstance(resources, dict) else None
-        if amounts is not None and not isinstance(amounts, dict):
-            raise InfraError(
-                f"{path}.resources.{kind} from {source} is not an object; give it as "
-                '{"cpu": "500m", "memory": "1Gi"}',
-                field=f"{path}.resources.{kind}",
-                source=source,
-            )
-        for resource, quantity in (amounts or {}).items():
-            _check_quantity(quantity, f"{path}.resources.{kind}.{resource}", source)

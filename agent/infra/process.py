@@ -8,81 +8,31 @@ and the fix, and never show an environment value (they are often secrets).
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
 from typing import Annotated, Any, ClassVar, Final
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
-)
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
+from agent.infra.container import merged_env
+from agent.infra.fields import (
+    CUSTOM,
+    Command,
+    EnvHidingModel,
+    EnvName,
+    EnvValue,
+    StreamOutput,
+    custom_error,
+    describe,
+    error_path,
+    json_type,
+)
 from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
-__all__ = ["ProcessJobConfig", "process_config"]
-
-# Error type of our own validators: their message is already worded for the user and
-# `ctx["fix"]` says what to do.
-_CUSTOM: Final = "flow_agent"
-
-
-def _custom(message: str, fix: str, **ctx: str) -> PydanticCustomError:
-    return PydanticCustomError(_CUSTOM, message, {"fix": fix, **ctx})
-
-
-def _split_command(value: Any) -> Any:
-    """A string is split like a shell would; empty strings and lists mean "the default"."""
-    if isinstance(value, str):
-        try:
-            parts = shlex.split(value)
-        except ValueError as exc:  # unbalanced quotes, trailing backslash
-            raise _custom(
-                "could not be split into arguments ({reason})",
-                "balance the quotes, or give the command as a list of strings",
-                reason=str(exc),
-            ) from None
-        return parts or None
-    if isinstance(value, list | tuple) and not value:
-        return None
-    return value
-
-
-def _coerce_env_value(value: Any) -> Any:
-    # Prefect coerces with str(), so True becomes "True"; objects and lists are rejected
-    # here instead of being turned into their Python repr.
-    return str(value) if isinstance(value, bool | int | float) else value
-
-
-def _check_env_name(name: str) -> str:
-    if not name or "=" in name or "\0" in name:
-        raise _custom(
-            "is not a valid environment variable name",
-            "use a non-empty name without '=' or NUL characters",
-        )
-    return name
-
-
-def _check_env_value(value: str | None) -> str | None:
-    if value is not None and "\0" in value:
-        raise _custom("contains a NUL character (value hidden)", "remove the NUL character")
-    return value
-
-
-def _bool_words(value: Any) -> Any:
-    # `{{ $VAR }}` always renders a string, so accept the two JSON words; pydantic's lax
-    # mode would also take "yes", "on", 1 ... which a JSON schema boolean does not.
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    return value
+__all__ = ["ProcessJobConfig", "ProcessKind", "process_config"]
 
 
 def _platform_path(value: Any) -> Any:
@@ -96,7 +46,7 @@ def _platform_path(value: Any) -> Any:
 
 def _must_be_directory(value: Path | None) -> Path | None:
     if value is not None and value.exists() and not value.is_dir():
-        raise _custom(
+        raise custom_error(
             "must be a directory, but {path} is not one",
             "point it at a directory, or leave it empty to run in a temporary directory",
             path=str(value),
@@ -104,14 +54,10 @@ def _must_be_directory(value: Path | None) -> Path | None:
     return value
 
 
-Command = Annotated[list[str] | None, BeforeValidator(_split_command)]
-EnvName = Annotated[str, AfterValidator(_check_env_name)]
-EnvValue = Annotated[str | None, BeforeValidator(_coerce_env_value), AfterValidator(_check_env_value)]
-StreamOutput = Annotated[bool, Strict(), BeforeValidator(_bool_words)]
 WorkingDir = Annotated[Path | None, BeforeValidator(_platform_path), AfterValidator(_must_be_directory)]
 
 
-class ProcessJobConfig(BaseModel):
+class ProcessJobConfig(EnvHidingModel):
     """How to start one flow run as a local process.
 
     `command` None means the backend's default engine command; `env` values of None
@@ -131,13 +77,6 @@ class ProcessJobConfig(BaseModel):
     working_dir: WorkingDir = None
     # RFC 6902 operations on the launch payload {"command", "env", "cwd", "stream_output"}
     customizations: list[dict[str, Any]] = Field(default_factory=list)
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        for field, value in super().__repr_args__():
-            if field == "env":
-                yield field, {key: "<hidden>" for key in value}
-            else:
-                yield field, value
 
 
 # field -> (what the field must be, what one item of it must be, fix for the field,
@@ -173,53 +112,19 @@ _HELP: Final[dict[str, tuple[str, str, str, str]]] = {
 _UNKNOWN_HELP: Final = ("valid", "valid", "correct it", "correct it")
 # Values of these fields are never echoed: env holds secrets, a command may embed one.
 _HIDDEN: Final = frozenset({"env", "command"})
-_JSON_TYPES: Final = {
-    dict: "object",
-    list: "list",
-    tuple: "list",
-    str: "string",
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    type(None): "null",
-}
-
-
-def _json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _describe(value: Any, hidden: bool) -> str:
-    if hidden:
-        return f"{_json_type(value)}, value hidden"
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    """("env", "FOO") -> "env.FOO"; ("command", 0) -> "command[0]"; dict-key markers dropped."""
-    path = ""
-    for part in loc:
-        if part == "[key]":
-            continue
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else part
-    return path
 
 
 def _error_line(error: ErrorDetails, source: str) -> tuple[str, str]:
     """(one-line message, field path) for one pydantic error."""
-    path = _path(error["loc"])
+    path = error_path(error["loc"])
     field = str(error["loc"][0]) if error["loc"] else "job_configuration"
     whole, item, whole_fix, item_fix = _HELP.get(field, _UNKNOWN_HELP)
     fix = whole_fix if path == field else item_fix
     where = f"job variable {path!r}" + (f" from {source}" if source else "")
-    if error["type"] == _CUSTOM:
+    if error["type"] == CUSTOM:
         return f"{where} {error['msg']}; {error.get('ctx', {}).get('fix', fix)}", path
     expected = whole if path == field else item
-    got = _describe(error.get("input"), field in _HIDDEN)
+    got = describe(error.get("input"), field in _HIDDEN)
     return f"{where} must be {expected} (got {got}); {fix}", path
 
 
@@ -232,7 +137,7 @@ def process_config(resolved: Mapping[str, Any], *, source: str) -> ProcessJobCon
     if not isinstance(resolved, Mapping):
         where = f" of {source}" if source else ""
         raise InfraError(
-            f"job configuration{where} must be an object (got {_json_type(resolved)}); "
+            f"job configuration{where} must be an object (got {json_type(resolved)}); "
             "fix the work pool's base job template",
             field="job_configuration",
             source=source,
@@ -272,12 +177,7 @@ class ProcessKind:
 
     def build_payload(self, config: BaseModel, ctx: RunContext) -> dict[str, Any]:
         assert isinstance(config, ProcessJobConfig)
-        env = {**self._base_env, **ctx.env}
-        for key, value in config.env.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
+        env = merged_env({**self._base_env, **ctx.env}, config.env)
         return {
             "command": list(config.command or [self._python, "-m", "prefect.engine"]),
             "env": env,
@@ -289,7 +189,9 @@ class ProcessKind:
         return list(getattr(config, "customizations", []))
 
 
-def _with_customizations(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _with_customizations(values: Mapping[str, Any], source: str) -> Any:
+    if not isinstance(values, Mapping):
+        return values  # process_config explains what it should have been
     values = dict(values)
     if "customizations" in values:
         values["customizations"] = parse_customizations(
