@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint checks bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ demo: $(BIN)/.installed          ## local Prefect server + agent + example flows
 lint: $(BIN)/.installed
 	$(BIN)/ruff check agent tests bench
 
-test: lint                       ## unit + integration tests against a real Prefect server
+checks: $(BIN)/.installed        ## systemd units, Kubernetes manifests, Dockerfile
+	BIN=$(BIN) .ci/checks.sh
+
+test: lint checks                ## + unit and integration tests against a real Prefect server
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed         ## flow-agent vs `prefect worker` on one local server

@@ -22,7 +22,10 @@ from agent.deployments import DeploymentCache
 from agent.events import EventStream
 from agent.infra.kinds import Kinds
 from agent.jobs import JobBuilder
+from agent.observe.health import HealthState, serve_health
 from agent.observe.logging import REDACTOR, get_logger, set_log_sink
+from agent.observe.metrics import Metrics
+from agent.observe.sdnotify import SystemdNotifier
 from agent.observe.shipper import LogShipper
 from agent.poller import Poller
 from agent.pools import PoolError, Pools
@@ -49,10 +52,20 @@ def servable_pool_types(backends: Mapping[str, Backend]) -> set[str]:
 class Agent:
     """All the parts of one running agent, wired from one Settings object."""
 
-    def __init__(self, settings: Settings, api: PrefectClient, *, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api: PrefectClient,
+        *,
+        environ: Mapping[str, str],
+        metrics: Metrics,
+        notifier: SystemdNotifier,
+    ) -> None:
         assert settings.api_url is not None
         self.settings = settings
         self.api = api
+        self.metrics = metrics
+        self.notifier = notifier
         self.backends: dict[str, Backend] = {"process": ProcessBackend()}
         self.pools = Pools(
             api,
@@ -80,6 +93,7 @@ class Agent:
             DeploymentCache(api),
             self.audit,
             kill_grace=settings.kill_grace,
+            metrics=metrics,
             redact=REDACTOR.mask,
         )
         self.poller = Poller(
@@ -91,6 +105,7 @@ class Agent:
             interval=settings.poll_interval,
             prefetch=settings.prefetch_seconds,
             claim_concurrency=settings.claim_concurrency,
+            metrics=metrics,
         )
         self.watchdog = Watchdog(
             api,
@@ -109,6 +124,20 @@ class Agent:
         )
         self.stop = anyio.Event()
         self.force = anyio.Event()
+        self.health = HealthState(
+            poll_interval=settings.poll_interval,
+            last_poll=lambda: self.poller.last_poll,
+            reached=lambda: self.poller.last_poll is not None or self.watchdog.last_heartbeat is not None,
+            metrics=metrics,
+            # a full agent does not poll and a draining one stops: neither is a hung loop
+            paused=self._paused,
+        )
+        metrics.set_free_slots(self.slots.free)
+
+    def _paused(self) -> str | None:
+        if self.stop.is_set():
+            return "draining"
+        return "no free slot" if self.slots.free == 0 else None
 
     async def _ensure_pools(self) -> None:
         """Wait for the server as long as it takes: an outage at start is not fatal."""
@@ -126,6 +155,7 @@ class Agent:
         if self.stop.is_set():
             return
         await self.watchdog.heartbeat_once()
+        self.notifier.ready(f"serving {', '.join(self.pools.names)}")
         log.info(
             "flow-agent started",
             name=self.settings.name,
@@ -137,6 +167,7 @@ class Agent:
         async with anyio.create_task_group() as services:
             services.start_soon(self.watchdog.heartbeat_loop)
             services.start_soon(self.audit.run)
+            services.start_soon(self.notifier.watchdog_loop)
             if self.settings.events:
                 services.start_soon(self.events.run)
             async with anyio.create_task_group() as runs:
@@ -147,6 +178,7 @@ class Agent:
             services.cancel_scope.cancel()
 
     async def _drain(self) -> None:
+        self.notifier.stopping("draining")
         in_flight = len(self.runner.in_flight_ids)
         log.info("stopping: no new claims", in_flight=in_flight, grace=self.settings.shutdown_grace)
         await self.runner.wait_launches()
@@ -181,24 +213,30 @@ async def _signals(agent: Agent, tg: TaskGroup) -> None:
                 os._exit(1)
 
 
-async def serve(settings: Settings, *, environ: Mapping[str, str]) -> int:
+async def serve(
+    settings: Settings, *, environ: Mapping[str, str], notifier: SystemdNotifier | None = None
+) -> int:
     """Run one agent until it is stopped; the process exit status."""
     assert settings.api_url is not None
+    metrics = Metrics()
     api = PrefectClient(
         settings.api_url,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
         retry=settings.retry_policy,
         timeout=settings.request_timeout,
+        on_error=metrics.api_error,
     )
     shipper = LogShipper(api, interval=settings.log_flush_interval)
     set_log_sink(shipper)
-    agent = Agent(settings, api, environ=environ)
+    agent = Agent(settings, api, environ=environ, metrics=metrics, notifier=notifier or SystemdNotifier(None))
     status = 0
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_signals, agent, tg)
             tg.start_soon(shipper.run)
+            if settings.health_port is not None:
+                await tg.start(serve_health, agent.health, settings.health_host, settings.health_port)
             try:
                 await agent.run()
             finally:

@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 
 from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
 from agent.observe.logging import get_logger
+from agent.observe.metrics import Metrics
 from agent.pools import Pools
 from agent.runner import Runner
 from agent.slots import Slots
@@ -40,8 +41,10 @@ class Poller:
         interval: float,
         prefetch: float,
         claim_concurrency: int,
+        metrics: Metrics,
     ) -> None:
         self._api = api
+        self._metrics = metrics
         self._pools = pools
         self._slots = slots
         self._runner = runner
@@ -101,6 +104,7 @@ class Poller:
             await self._pools.ensure(name)
             return None
         self.last_poll = time.monotonic()
+        self._metrics.polled()
         return found
 
     async def _claim_all(self, scheduled: list[ScheduledRun], stop: anyio.Event, runs: TaskGroup) -> None:
@@ -135,8 +139,14 @@ class Poller:
             log.error("claimed a run of an unknown pool", flow_run_id=run.id)
             return
         self.claimed += 1
+        self._metrics.claimed(pool.name)
+        self._metrics.set_free_slots(self._slots.free)
         log.info("claimed flow run", flow_run_id=run.id, flow_run_name=run.name, pool=pool.name, ship=True)
-        runs.start_soon(self._runner.execute, run, pool, self._slots.release)
+        runs.start_soon(self._runner.execute, run, pool, self._release)
+
+    def _release(self) -> None:
+        self._slots.release()
+        self._metrics.set_free_slots(self._slots.free)
 
 
 async def _first(*waits: object) -> None:

@@ -9,6 +9,7 @@ is reported CRASHED saying so. Nothing raised here may escape and stop the agent
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +25,7 @@ from agent.deployments import DeploymentCache
 from agent.infra import InfraError
 from agent.jobs import JobBuilder
 from agent.observe.logging import get_logger
+from agent.observe.metrics import Metrics, outcome_label
 from agent.outcome import Outcome
 
 __all__ = ["Runner"]
@@ -41,6 +43,7 @@ class _InFlight:
     handle: Handle | None = None
     kill_reason: KillReason | None = None
     launched: anyio.Event = field(default_factory=anyio.Event)
+    started: float = field(default_factory=time.monotonic)  # just after the claim
 
 
 class Runner:
@@ -53,8 +56,10 @@ class Runner:
         audit: StartAudit,
         *,
         kill_grace: float,
+        metrics: Metrics,
         redact: Callable[[str], str] = lambda text: text,
     ) -> None:
+        self._metrics = metrics
         self._api = api
         self._backends = backends
         self._jobs = jobs
@@ -92,6 +97,7 @@ class Runner:
         log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
         entry = _InFlight(run)
         self._in_flight[run.id] = entry
+        self._metrics.set_in_flight(len(self._in_flight))
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:
             await self._execute(entry, pool, log)
@@ -104,6 +110,7 @@ class Runner:
         finally:
             entry.launched.set()
             self._in_flight.pop(run.id, None)
+            self._metrics.set_in_flight(len(self._in_flight))
             release()
             if not self._in_flight:
                 self._idle.set()
@@ -115,6 +122,7 @@ class Runner:
             deployment = await self._deployments.get(run.deployment_id)
             job = await self._jobs.build(run, pool, deployment)
         except InfraError as exc:
+            self._metrics.ended("unknown", "failed_to_launch")
             log.error("cannot resolve the run's infrastructure", error=str(exc))
             await self._crash(run.id, f"flow-agent could not resolve the infrastructure: {exc}")
             return None
@@ -125,6 +133,7 @@ class Runner:
                 f"has one (available here: {', '.join(sorted(self._backends))})"
             )
             log.error(message)
+            self._metrics.ended(job.kind, "failed_to_launch")
             await self._crash(run.id, message)
             return None
         entry.backend = backend
@@ -138,6 +147,7 @@ class Runner:
         try:
             handle = await entry.backend.launch(job)
         except BackendError as exc:
+            self._metrics.ended(job.kind, "failed_to_launch")
             log.error("cannot launch the run", error=str(exc))
             await self._crash(run.id, f"flow-agent could not launch the infrastructure: {exc}")
             return
@@ -148,6 +158,7 @@ class Runner:
             await self._kill(entry)
         try:
             await self._api.update_flow_run(run.id, infrastructure_pid=handle.pid)
+            self._metrics.launched(handle.kind, time.monotonic() - entry.started)
         except NotFound:
             log.warning("flow run was deleted after launch; killing its infrastructure")
             entry.kill_reason = KillReason.CANCEL
@@ -155,6 +166,8 @@ class Runner:
             await entry.backend.wait(handle)
             return
         outcome = await entry.backend.wait(handle)
+        cancelled = entry.kill_reason is KillReason.CANCEL
+        self._metrics.ended(handle.kind, outcome_label(outcome, cancelled=cancelled))
         await self._report(entry, outcome, log)
 
     async def _report(self, entry: _InFlight, outcome: Outcome, log: Any) -> None:
@@ -189,9 +202,7 @@ class Runner:
     async def _crash(self, run_id: str, message: str) -> SetStateStatus:
         # Without force the server refuses to overwrite a terminal state (ABORT), which is
         # exactly "unless the run already reached a terminal state" in one request.
-        result = await self._api.set_state(
-            run_id, StateType.CRASHED, message=self._redact(message)[:2000]
-        )
+        result = await self._api.set_state(run_id, StateType.CRASHED, message=self._redact(message)[:2000])
         return result.status
 
     # -- killing -----------------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # -- embedded server and logging -----------------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir)
     server_port: int = Field(4200, ge=0, le=65535)
+    health_port: int | None = Field(None, ge=0, le=65535, description="Serve /healthz, /readyz, /metrics.")
+    health_host: str = "0.0.0.0"  # probes come from outside the pod
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

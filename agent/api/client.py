@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -61,8 +61,10 @@ class PrefectClient:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_error: Callable[[int | str], None] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self._on_error = on_error or (lambda status: None)
         self.retry = retry or RetryPolicy()
         self.requests_sent = 0
         self._http = httpx.AsyncClient(
@@ -89,12 +91,14 @@ class PrefectClient:
         try:
             response = await self._http.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
+            self._on_error("network")
             mapped = classify_exception(exc, self.api_url)
             if mapped is None:
                 raise
             raise mapped from exc
         error = classify_response(response)
         if error is not None:
+            self._on_error(response.status_code)
             raise error
         return response
 
@@ -131,9 +135,7 @@ class PrefectClient:
         except NotFound:
             return None
 
-    async def create_work_pool(
-        self, name: str, type: str, base_job_template: dict[str, Any]
-    ) -> WorkPool:
+    async def create_work_pool(self, name: str, type: str, base_job_template: dict[str, Any]) -> WorkPool:
         body = {"name": name, "type": type, "base_job_template": base_job_template}
         return WorkPool.model_validate(await self.request("POST", "/work_pools/", json=body))
 
@@ -201,9 +203,7 @@ class PrefectClient:
             "force": force,
         }
         while True:
-            data = await self.request(
-                "POST", f"/flow_runs/{run_id}/set_state", json=body, persistent=True
-            )
+            data = await self.request("POST", f"/flow_runs/{run_id}/set_state", json=body, persistent=True)
             result = OrchestrationResult.model_validate(data)
             if result.status is not SetStateStatus.WAIT:
                 return result
