@@ -55,8 +55,10 @@ def _configure_logs(settings: Settings) -> None:
 
 def _run_agent(settings: Settings) -> int:
     from agent.app import serve
+    from agent.observe.sdnotify import SystemdNotifier
 
-    return anyio.run(lambda: serve(settings, environ=dict(os.environ)))
+    notifier = SystemdNotifier.from_environ(os.environ, pid=os.getpid())
+    return anyio.run(lambda: serve(settings, environ=dict(os.environ), notifier=notifier))
 
 
 @app.command()
@@ -70,6 +72,9 @@ def start(
     limit: Annotated[int | None, typer.Option(help="Most flow runs in flight at once.")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name shown in the Prefect UI.")] = None,
     poll_interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
+    health_port: Annotated[
+        int | None, typer.Option(help="Serve /healthz, /readyz and /metrics on this port.")
+    ] = None,
     log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
     create_pools: Annotated[
         bool | None,
@@ -83,6 +88,7 @@ def start(
         limit=limit,
         name=name,
         poll_interval=poll_interval,
+        health_port=health_port,
         log_format=log_format,
         create_pools=create_pools,
     )
@@ -180,7 +186,10 @@ def version() -> None:
 
 def _mount() -> None:
     from agent.cli_blocks import blocks_app, deployment_app
+    from agent.cli_runs import flow_runs_app, run_command
 
+    app.command("run")(run_command)
+    app.add_typer(flow_runs_app, name="flow-runs")
     app.add_typer(blocks_app, name="blocks")
     app.add_typer(deployment_app, name="deployment")
 
