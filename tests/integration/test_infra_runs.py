@@ -30,7 +30,12 @@ def registered(api: PrefectAPI) -> None:
 
 def _deployment(api: PrefectAPI, pool: str, name: str, **fields: Any) -> str:
     # deployments upsert by flow and name: one per pool, or tests would share them
-    body = {"name": f"{pool}-{name}", "flow_id": api.create_flow("infra-tests"), "work_pool_name": pool, **fields}
+    body = {
+        "name": f"{pool}-{name}",
+        "flow_id": api.create_flow("infra-tests"),
+        "work_pool_name": pool,
+        **fields,
+    }
     return api.request("POST", "/deployments/", json=body).json()["id"]
 
 
@@ -47,7 +52,9 @@ def test_a_process_block_deployment_runs_through_the_agent(
     command = f"sh -c 'echo $FROM_BLOCK > {marker} && exec {sys.executable} -m prefect.engine'"
     block = api.create_block_document("process", {"command": command, "env": {"FROM_BLOCK": "block-env"}})
     api.create_process_pool(pool)
-    deployment = _deployment(api, pool, "legacy", infrastructure_document_id=block["id"], **_flow_dir(tmp_path))
+    deployment = _deployment(
+        api, pool, "legacy", infrastructure_document_id=block["id"], **_flow_dir(tmp_path)
+    )
     run = api.create_flow_run(deployment)
     assert run["infrastructure_document_id"] == block["id"]
 

@@ -221,7 +221,9 @@ class PrefectAPI:
             job_variables={"env": env} if env else None,
         )
 
-    def create_block_document(self, slug: str, data: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    def create_block_document(
+        self, slug: str, data: dict[str, Any], name: str | None = None
+    ) -> dict[str, Any]:
         """A block document of a registered type (its newest schema)."""
         block_type = self.request("GET", f"/block_types/slug/{slug}").json()
         body = {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}, "limit": 1}
