@@ -85,7 +85,9 @@ class Agent:
             worker_name=settings.name,
             on_secret=REDACTOR.add,
         )
-        self.audit = StartAudit(api, interval=settings.cancel_check_interval)
+        self.audit = StartAudit(
+            api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
+        )
         self.runner = Runner(
             api,
             self.backends,

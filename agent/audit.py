@@ -10,6 +10,8 @@ runs, and touches none that moved on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from agent.api import PrefectClient, StateType, TransientError
@@ -27,10 +29,19 @@ NEVER_STARTED = (
 _BATCH = 50  # the server's limit for bulk_set_state
 
 
+_MAX_DEFERRALS = 10
+
+
 class StartAudit:
-    def __init__(self, api: PrefectClient, *, interval: float) -> None:
+    def __init__(
+        self, api: PrefectClient, *, interval: float, busy: Callable[[], bool] = lambda: False
+    ) -> None:
         self._api = api
         self._interval = interval
+        # A bulk state change holds the SQLite write lock for a while; during a claim
+        # burst it would slow every claim down. The check waits for a quiet moment, but
+        # never more than a few intervals.
+        self._busy = busy
         self._queue: list[str] = []
 
     def add(self, run_id: str) -> None:
@@ -52,6 +63,11 @@ class StartAudit:
                 log.warning("flow run never started; reported CRASHED", flow_run_id=run_id, ship=True)
 
     async def run(self) -> None:
+        deferred = 0
         while True:
             await anyio.sleep(self._interval)
+            if self._queue and self._busy() and deferred < _MAX_DEFERRALS:
+                deferred += 1
+                continue
+            deferred = 0
             await self.flush()

@@ -54,6 +54,7 @@ class Poller:
         self._claims = anyio.CapacityLimiter(claim_concurrency)
         self.last_poll: float | None = None  # monotonic time of the last successful poll
         self.claimed = 0
+        self.claiming = False  # a batch of claims is in progress
         self._wake = anyio.Event()
 
     def wake(self) -> None:
@@ -108,11 +109,15 @@ class Poller:
         return found
 
     async def _claim_all(self, scheduled: list[ScheduledRun], stop: anyio.Event, runs: TaskGroup) -> None:
-        async with anyio.create_task_group() as claims:
-            for item in scheduled:
-                if stop.is_set() or not self._slots.try_take():
-                    break
-                claims.start_soon(self._claim, item, stop, runs)
+        self.claiming = bool(scheduled)
+        try:
+            async with anyio.create_task_group() as claims:
+                for item in scheduled:
+                    if stop.is_set() or not self._slots.try_take():
+                        break
+                    claims.start_soon(self._claim, item, stop, runs)
+        finally:
+            self.claiming = False
 
     async def _claim(self, item: ScheduledRun, stop: anyio.Event, runs: TaskGroup) -> None:
         run = item.flow_run
