@@ -16,8 +16,8 @@ from anyio.abc import TaskGroup
 
 from agent.api import AuthError, PrefectClient, TransientError
 from agent.audit import StartAudit
+from agent.backends import BackendOptions, load_backends
 from agent.backends.base import Backend
-from agent.backends.process import ProcessBackend
 from agent.deployments import DeploymentCache
 from agent.events import EventStream
 from agent.infra.kinds import Kinds
@@ -66,7 +66,14 @@ class Agent:
         self.api = api
         self.metrics = metrics
         self.notifier = notifier
-        self.backends: dict[str, Backend] = {"process": ProcessBackend()}
+        self.backends: dict[str, Backend] = load_backends(
+            BackendOptions(
+                watch_interval=settings.watch_interval,
+                gcp_endpoint=settings.gcp_endpoint,
+                azure_arm_endpoint=settings.azure_arm_endpoint,
+                kubeconfig=settings.kubeconfig,
+            )
+        )
         self.pools = Pools(
             api,
             settings.pools,

@@ -20,6 +20,7 @@ import anyio
 from agent.api import FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
 from agent.audit import StartAudit
+from agent.backends import EXTRAS
 from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.deployments import DeploymentCache
 from agent.infra import InfraError
@@ -128,9 +129,11 @@ class Runner:
             return None
         backend = self._backends.get(job.kind)
         if backend is None:
+            extra = EXTRAS.get(job.kind)
+            install = f"install it with `pip install 'flow-agent[{extra}]'` or " if extra else ""
             message = (
-                f"this flow-agent has no {job.kind!r} backend; serve this run with an agent that "
-                f"has one (available here: {', '.join(sorted(self._backends))})"
+                f"this flow-agent has no {job.kind!r} backend; {install}serve this run with an "
+                f"agent that has one (available here: {', '.join(sorted(self._backends))})"
             )
             log.error(message)
             self._metrics.ended(job.kind, "failed_to_launch")

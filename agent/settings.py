@@ -78,8 +78,12 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(0.2, ge=0, le=1)
     retry_budget: float = Field(60.0, gt=0)
 
-    # -- process backend ---------------------------------------------------------------------------
+    # -- backends ------------------------------------------------------------------------------------
     python: str = Field(default_factory=lambda: sys.executable)
+    watch_interval: float = Field(5.0, gt=0, description="Seconds between status reads of cloud runs.")
+    gcp_endpoint: str | None = None
+    azure_arm_endpoint: str | None = None
+    kubeconfig: str | None = None
 
     # -- embedded server and logging -----------------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir)

@@ -1,0 +1,37 @@
+"""What the contract suite needs from each backend's test double.
+
+Every backend ships a `Harness` (in tests/contract/harness_<kind>.py) that builds a real
+Job for its backend, drives the platform double to make a launched workload end a given
+way, and says whether anything is left behind. The suite (test_contract.py) then checks
+the same promises for every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.backends.base import Backend, Handle, Job
+
+
+class Harness(Protocol):
+    kind: str
+    backend: Backend  # configured with a short start deadline and watch interval
+    supports_start_timeout: bool  # False where "never starts" does not exist (process)
+
+    def job(self, name: str) -> Job:
+        """A launchable job, built through the backend's kind from a pool configuration."""
+        ...
+
+    async def finish(self, handle: Handle, *, exit_code: int, oom: bool = False) -> None:
+        """Make the workload end with this exit code (and the platform's OOM signal)."""
+        ...
+
+    async def never_start(self, handle: Handle, *, reason: str) -> None:
+        """Keep the workload from ever running (image pull error, quota, ...) with `reason`."""
+        ...
+
+    async def leftovers(self, handle: Handle) -> list[str]:
+        """What still exists on the platform for this workload (empty once cleaned up)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,118 @@
+"""One contract, every backend: launch, success, failure exit, OOM, start timeout, kill.
+
+Each backend's harness drives its platform double (real processes, moto, the fakes in
+tests/fakes); the assertions are the same for all, so a backend that passes here reports
+outcomes the runner can turn into truthful states.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agent.outcome import Reason
+
+# kind -> "module:factory"; a factory takes tmp_path and returns a Harness (an async
+# context is not needed: the fixture calls aclose). Cloud harnesses skip when their SDK
+# or double is not installed.
+HARNESSES = {
+    "process": "contract.harness_process:ProcessHarness",
+    "ecs": "contract.harness_ecs:make_harness",
+    "cloud-run": "contract.harness_cloud_run:make_harness",
+    "aci": "contract.harness_aci:make_harness",
+    "kubernetes": "contract.harness_kubernetes:make_harness",
+}
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=list(HARNESSES))
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    module_name, factory = HARNESSES[request.param].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name.startswith("contract.harness_") or exc.name.startswith("agent.backends.")):
+            pytest.skip(f"no {request.param} backend yet")
+        raise
+    made = getattr(module, factory)(tmp_path)
+    if hasattr(made, "__await__"):
+        made = await made
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def _launch(harness, name: str):  # type: ignore[no-untyped-def]
+    handle = await harness.backend.launch(harness.job(name))
+    assert handle.kind == harness.kind
+    return handle
+
+
+async def _wait(harness, handle, timeout: float = 60):  # type: ignore[no-untyped-def]
+    with anyio.fail_after(timeout):
+        return await harness.backend.wait(handle)
+
+
+async def test_handle_round_trips_through_its_pid(harness) -> None:  # type: ignore[no-untyped-def]
+    handle = await _launch(harness, "run-roundtrip")
+    rebuilt = harness.backend.parse_pid(handle.pid, handle.flow_run_id)
+    assert rebuilt == handle
+    await harness.finish(handle, exit_code=0)
+    await _wait(harness, handle)
+
+
+async def test_success(harness) -> None:  # type: ignore[no-untyped-def]
+    handle = await _launch(harness, "run-success")
+    await harness.finish(handle, exit_code=0)
+    outcome = await _wait(harness, handle)
+    assert outcome.succeeded, outcome
+    assert await harness.leftovers(handle) == []
+
+
+async def test_failure_exit_code(harness) -> None:  # type: ignore[no-untyped-def]
+    handle = await _launch(harness, "run-failure")
+    await harness.finish(handle, exit_code=1)
+    outcome = await _wait(harness, handle)
+    assert outcome.exit_code == 1 and not outcome.oom and not outcome.succeeded
+    assert "exit code 1" in outcome.message()
+    assert await harness.leftovers(handle) == []
+
+
+async def test_oom_is_reported_as_oom(harness) -> None:  # type: ignore[no-untyped-def]
+    handle = await _launch(harness, "run-oom")
+    await harness.finish(handle, exit_code=137, oom=True)
+    outcome = await _wait(harness, handle)
+    assert outcome.oom and not outcome.succeeded, outcome
+    assert "OOM" in outcome.message()
+    assert await harness.leftovers(handle) == []
+
+
+async def test_start_timeout_fails_with_the_platforms_reason(harness) -> None:  # type: ignore[no-untyped-def]
+    if not harness.supports_start_timeout:
+        pytest.skip(f"{harness.kind} workloads cannot fail to start after launch")
+    handle = await _launch(harness, "run-never-starts")
+    await harness.never_start(handle, reason="CannotPullContainerError: image not found")
+    outcome = await _wait(harness, handle)
+    assert outcome.reason is Reason.START_FAILED, outcome
+    assert "CannotPullContainerError" in outcome.message()
+    assert await harness.leftovers(handle) == []
+
+
+async def test_kill_stops_the_workload_and_is_idempotent(harness) -> None:  # type: ignore[no-untyped-def]
+    handle = await _launch(harness, "run-killed")
+    await harness.backend.kill(handle, 1.0)
+    outcome = await _wait(harness, handle)
+    assert not outcome.succeeded
+    await harness.backend.kill(handle, 1.0)  # again: no error
+    assert await harness.leftovers(handle) == []
