@@ -59,8 +59,8 @@ async def _launch(harness, name: str):  # type: ignore[no-untyped-def]
     return handle
 
 
-async def _wait(harness, handle, timeout: float = 60):  # type: ignore[no-untyped-def]
-    with anyio.fail_after(timeout):
+async def _wait(harness, handle, limit: float = 60):  # type: ignore[no-untyped-def]
+    with anyio.fail_after(limit):
         return await harness.backend.wait(handle)
 
 
