@@ -61,7 +61,7 @@ class RetryPolicy:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        retry_after = getattr(exc, "retry_after", None)
         return backoff_delay(
             state.attempt_number,
             initial=self.initial,
@@ -80,10 +80,17 @@ class RetryPolicy:
             sleep=round(state.upcoming_sleep, 2),
         )
 
-    async def call(self, op: Callable[[], Awaitable[T]], *, persistent: bool = False) -> T:
-        """Run `op`, retrying TransientError; anything else propagates at once."""
+    async def call(
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        persistent: bool = False,
+        retry_on: tuple[type[BaseException], ...] = (TransientError,),
+    ) -> T:
+        """Run `op`, retrying `retry_on` errors (a `retry_after` attribute is honoured);
+        anything else propagates at once. Backends pass their `BackendUnavailable`."""
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(retry_on),
             wait=self._wait,
             stop=stop_never if persistent else stop_after_delay(self.budget),
             before_sleep=self._before_sleep,

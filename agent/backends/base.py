@@ -65,7 +65,14 @@ class LaunchError(BackendError):
 
 
 class BackendUnavailable(BackendError):
-    """The platform could not be reached or throttled us: the operation may be retried."""
+    """The platform could not be reached or throttled us: the operation may be retried.
+
+    Retry with the agent's one policy: `RetryPolicy.call(op, retry_on=(BackendUnavailable,))`;
+    set `retry_after` (seconds) when the platform said how long to wait."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InfrastructureNotFound(BackendError):
