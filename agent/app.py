@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskGroup
 
+from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient, TransientError
 from agent.audit import StartAudit
 from agent.backends import BackendOptions, load_backends
@@ -182,27 +183,23 @@ class Agent:
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
                 await self.poller.run(self.stop, runs)
-                await self._drain()
+                if await self._drain():
+                    runs.cancel_scope.cancel()  # stop watching what was left running
             await self.audit.flush()
             services.cancel_scope.cancel()
 
-    async def _drain(self) -> None:
+    async def _drain(self) -> int:
+        """Stop in stages; the number of remote runs left running."""
         self.notifier.stopping("draining")
         in_flight = len(self.runner.in_flight_ids)
         log.info("stopping: no new claims", in_flight=in_flight, grace=self.settings.shutdown_grace)
         await self.runner.wait_launches()
         with anyio.move_on_after(self.settings.shutdown_grace):
-            async with anyio.create_task_group() as tg:
-
-                async def first(wait) -> None:  # type: ignore[no-untyped-def]
-                    await wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(first, self.runner.wait_idle)
-                tg.start_soon(first, self.force.wait)
-        if self.runner.in_flight_ids:
-            log.warning("killing runs still in flight", count=len(self.runner.in_flight_ids))
-            await self.runner.kill_all()
+            await first_completed(self.runner.wait_idle, self.force.wait)
+        if not self.runner.in_flight_ids:
+            return 0
+        log.warning("stopping runs still in flight", count=len(self.runner.in_flight_ids))
+        return await self.runner.kill_all()
 
 
 async def _signals(agent: Agent, tg: TaskGroup) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from anyio.abc import TaskGroup
 
+from agent.aio import first_completed
 from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
@@ -65,7 +66,7 @@ class Poller:
         """Poll until `stop` is set; claimed runs are started in `runs`."""
         while not stop.is_set():
             with anyio.move_on_after(self._interval) as waiting_for_slot:
-                await _first(self._slots.wait_free, stop.wait)
+                await first_completed(self._slots.wait_free, stop.wait)
             if stop.is_set():
                 return
             if waiting_for_slot.cancelled_caught:
@@ -75,7 +76,7 @@ class Poller:
             full = await self.poll_once(stop, runs)
             if not full:
                 with anyio.move_on_after(self._interval * random.uniform(0.9, 1.1)):
-                    await _first(stop.wait, self._wake.wait)
+                    await first_completed(stop.wait, self._wake.wait)
 
     async def poll_once(self, stop: anyio.Event, runs: TaskGroup) -> bool:
         """One pass over every pool; True if some pool returned a full page."""
@@ -152,15 +153,3 @@ class Poller:
     def _release(self) -> None:
         self._slots.release()
         self._metrics.set_free_slots(self._slots.free)
-
-
-async def _first(*waits: object) -> None:
-    """Return when the first of the given awaitables-factories returns."""
-    async with anyio.create_task_group() as tg:
-
-        async def one(wait: object) -> None:
-            await wait()  # type: ignore[operator]
-            tg.cancel_scope.cancel()
-
-        for wait in waits:
-            tg.start_soon(one, wait)

@@ -214,11 +214,25 @@ class Runner:
         """The user cancelled the run: kill its infrastructure; `execute` reports CANCELLED."""
         await self._request_kill(run_id, KillReason.CANCEL)
 
-    async def kill_all(self) -> None:
-        """Stage two of shutdown: kill whatever still runs, concurrently."""
+    async def kill_all(self) -> int:
+        """Stage two of shutdown: kill local processes, leave remote workloads running.
+
+        A container in a cloud outlives the agent and its flow engine reports its own
+        state, so a rollout of the agent must not kill every running job. Returns how many
+        runs were left running (their `execute` tasks are then cancelled by the app).
+        """
+        left = 0
         async with anyio.create_task_group() as tg:
-            for run_id in list(self._in_flight):
+            for run_id, entry in list(self._in_flight.items()):
+                if entry.handle is not None and getattr(entry.backend, "remote", False):
+                    left += 1
+                    get_logger("agent.runner", flow_run_id=run_id, ship=True).info(
+                        "flow-agent is stopping; the run keeps running on its infrastructure",
+                        infrastructure_pid=entry.handle.pid,
+                    )
+                    continue
                 tg.start_soon(self._request_kill, run_id, KillReason.SHUTDOWN)
+        return left
 
     async def _request_kill(self, run_id: str, reason: KillReason) -> None:
         entry = self._in_flight.get(run_id)

@@ -82,6 +82,9 @@ class InfrastructureNotFound(BackendError):
 @runtime_checkable
 class Backend(Protocol):
     kind: ClassVar[str]
+    # Remote workloads (containers in a cloud) outlive the agent: on shutdown they are left
+    # running, not killed; a local process is a child and must not be orphaned.
+    remote: ClassVar[bool]
 
     async def launch(self, job: Job) -> Handle:
         """Start the workload; return as soon as it exists."""

@@ -42,6 +42,7 @@ class _Child:
 
 class ProcessBackend:
     kind: ClassVar[str] = "process"
+    remote: ClassVar[bool] = False
 
     def __init__(self, *, hostname: str | None = None) -> None:
         self.hostname = hostname or socket.gethostname()
