@@ -82,17 +82,7 @@ class Agent:
             supported_types=servable_pool_types(self.backends),
         )
         self.slots = Slots(settings.limit)
-        secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
-        jobs = JobBuilder(
-            api,
-            Kinds(python=settings.python, base_env=environ),
-            api_url=settings.api_url,
-            api_key=secret(settings.api_key),
-            auth_string=secret(settings.api_auth_string),
-            environ=environ,
-            worker_name=settings.name,
-            on_secret=REDACTOR.add,
-        )
+        jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
         self.audit = StartAudit(
             api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
         )
@@ -127,7 +117,7 @@ class Agent:
         )
         self.events = EventStream(
             settings.api_url,
-            token=secret(settings.api_auth_string) or secret(settings.api_key),
+            token=settings.auth_token(),
             pool_ids=lambda: [self.pools.get(name).id for name in self.pools.names],
             on_scheduled=self.poller.wake,
             on_cancelling=self.watchdog.wake,
@@ -225,14 +215,7 @@ async def serve(
     """Run one agent until it is stopped; the process exit status."""
     assert settings.api_url is not None
     metrics = Metrics()
-    api = PrefectClient(
-        settings.api_url,
-        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
-        retry=settings.retry_policy,
-        timeout=settings.request_timeout,
-        on_error=metrics.api_error,
-    )
+    api = PrefectClient.from_settings(settings, on_error=metrics.api_error)
     shipper = LogShipper(api, interval=settings.log_flush_interval)
     set_log_sink(shipper)
     agent = Agent(settings, api, environ=environ, metrics=metrics, notifier=notifier or SystemdNotifier(None))

@@ -71,13 +71,7 @@ def _run(work: Callable[[PrefectClient], Awaitable[T]]) -> T:
     assert settings.api_url is not None
 
     async def main() -> T:
-        async with PrefectClient(
-            settings.api_url,
-            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-            auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
-            retry=settings.retry_policy,
-            timeout=settings.request_timeout,
-        ) as client:
+        async with PrefectClient.from_settings(settings) as client:
             return await work(client)
 
     try:

@@ -253,14 +253,7 @@ def _server(settings: Settings, echo: Callable[[str], None]) -> contextlib.Abstr
 
 
 def _client(settings: Settings, api_url: str) -> PrefectClient:
-    key, auth = settings.api_key, settings.api_auth_string
-    return PrefectClient(
-        api_url,
-        api_key=key.get_secret_value() if key else None,
-        auth_string=auth.get_secret_value() if auth else None,
-        retry=settings.retry_policy,
-        timeout=settings.request_timeout,
-    )
+    return PrefectClient.from_settings(settings, api_url=api_url)
 
 
 async def _demo(settings: Settings, api_url: str, examples: Path, echo: Callable[[str], None]) -> int:

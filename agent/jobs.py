@@ -25,6 +25,7 @@ from agent.infra.merge import merge_job_variables
 from agent.infra.patch import apply_customizations
 from agent.infra.references import resolve_references
 from agent.infra.spec import InfraKind, RunContext
+from agent.settings import Settings
 
 __all__ = ["JobBuilder"]
 
@@ -52,6 +53,27 @@ class JobBuilder:
             self._prefect_env["PREFECT_API_AUTH_STRING"] = auth_string
         elif api_key:
             self._prefect_env["PREFECT_API_KEY"] = api_key
+
+    @classmethod
+    def from_settings(
+        cls,
+        api: PrefectClient,
+        settings: Settings,
+        *,
+        environ: Mapping[str, str],
+        on_secret: Callable[[str], None],
+    ) -> JobBuilder:
+        assert settings.api_url is not None
+        return cls(
+            api,
+            Kinds(python=settings.python, base_env=environ),
+            api_url=settings.api_url,
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
+            environ=environ,
+            worker_name=settings.name,
+            on_secret=on_secret,
+        )
 
     async def build(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> Job:
         kind, config, source = await self.configure(run, pool, deployment)

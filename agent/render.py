@@ -13,7 +13,6 @@ from typing import Any
 
 from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
 from agent.api.blocks import read_deployment_by_name
-from agent.infra.kinds import Kinds
 from agent.infra.templating import InfraError
 from agent.jobs import JobBuilder
 from agent.observe.logging import Redactor
@@ -71,25 +70,10 @@ async def render(
     """The masked launch document for a run (or a preview run of a deployment)."""
     assert settings.api_url is not None
     redactor = Redactor(settings.secrets())
-    secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
-    async with PrefectClient(
-        settings.api_url,
-        api_key=secret(settings.api_key),
-        auth_string=secret(settings.api_auth_string),
-        retry=settings.retry_policy,
-    ) as api:
+    async with PrefectClient.from_settings(settings) as api:
         run, dep = await _target(api, flow_run_id, deployment, job_vars or {})
         pool = await _pool(api, run, dep)
-        builder = JobBuilder(
-            api,
-            Kinds(python=settings.python, base_env=environ),
-            api_url=settings.api_url,
-            api_key=secret(settings.api_key),
-            auth_string=secret(settings.api_auth_string),
-            environ=environ,
-            worker_name=settings.name,
-            on_secret=redactor.add,
-        )
+        builder = JobBuilder.from_settings(api, settings, environ=environ, on_secret=redactor.add)
         try:
             job = await builder.build(run, pool, dep)
         except InfraError as exc:

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
             budget=self.retry_budget,
         )
 
+    def auth_token(self) -> str | None:
+        """What a websocket's auth frame carries: the basic auth string, else the API key."""
+        for secret in (self.api_auth_string, self.api_key):
+            if secret is not None:
+                return secret.get_secret_value()
+        return None
+
     def secrets(self) -> list[str]:
         """Values that must never be printed (fed to the log redactor)."""
         found = [self.api_key, self.api_auth_string]

@@ -11,7 +11,7 @@ import base64
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -28,6 +28,9 @@ from agent.api.models import (
     WorkPool,
 )
 from agent.api.retry import RetryPolicy
+
+if TYPE_CHECKING:  # settings imports api.retry: no import at run time, no cycle
+    from agent.settings import Settings
 
 __all__ = ["ClaimResult", "PrefectClient", "auth_headers"]
 
@@ -73,6 +76,21 @@ class PrefectClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, api_url: str | None = None, **kwargs: Any) -> PrefectClient:
+        """A client for the server and credentials in `settings` (or another `api_url`)."""
+        url = api_url or settings.api_url
+        if url is None:
+            raise ValueError("no Prefect server: set PREFECT_API_URL")
+        return cls(
+            url,
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            auth_string=settings.api_auth_string.get_secret_value() if settings.api_auth_string else None,
+            retry=settings.retry_policy,
+            timeout=settings.request_timeout,
+            **kwargs,
         )
 
     async def __aenter__(self) -> PrefectClient:
