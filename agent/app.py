@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskGroup
 
+from agent.adopt import adopt_remote_runs
 from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient, TransientError
 from agent.audit import StartAudit
@@ -172,6 +173,9 @@ class Agent:
                 services.start_soon(self.events.run)
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
+                await adopt_remote_runs(
+                    self.api, self.pools, self.backends, self.runner, self.slots, runs
+                )
                 await self.poller.run(self.stop, runs)
                 if await self._drain():
                     runs.cancel_scope.cancel()  # stop watching what was left running

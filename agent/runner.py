@@ -173,6 +173,32 @@ class Runner:
         self._metrics.ended(handle.kind, outcome_label(outcome, cancelled=cancelled))
         await self._report(entry, outcome, log)
 
+    async def adopt(
+        self, run: FlowRun, backend: Backend, handle: Handle, release: Callable[[], None]
+    ) -> None:
+        """Watch a run launched before this agent started (a restart, another replica)."""
+        log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
+        entry = _InFlight(run, backend, handle)
+        entry.launched.set()
+        self._in_flight[run.id] = entry
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        log.info("watching a run launched before this agent started", infrastructure_pid=handle.pid)
+        try:
+            outcome = await backend.wait(handle)
+            await self._report(entry, outcome, log)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
+            log.warning("could not watch the adopted run", error=str(exc))
+        finally:
+            self._in_flight.pop(run.id, None)
+            release()
+            if not self._in_flight:
+                self._idle.set()
+
+    def watching(self, run_id: str) -> bool:
+        return run_id in self._in_flight
+
     async def _report(self, entry: _InFlight, outcome: Outcome, log: Any) -> None:
         run_id, pid = entry.run.id, entry.handle.pid if entry.handle else "?"
         if entry.kill_reason is KillReason.CANCEL:

@@ -30,6 +30,10 @@ class Slots:
         self.in_use += 1
         return True
 
+    def take(self) -> None:
+        """Take a slot even beyond the limit (runs adopted at start already exist)."""
+        self.in_use += 1
+
     def release(self) -> None:
         if self.in_use <= 0:
             raise RuntimeError("slot released more often than taken")
