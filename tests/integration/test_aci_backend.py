@@ -1,0 +1,186 @@
+"""ACI runs end to end: the real agent, the real Prefect server, the real Azure SDK over HTTPS
+against the ARM fake (tests/fakes/aci_fake.py), with real Entra credentials
+(`DefaultAzureCredential` from the environment for the pool, the block's client secret for
+the block) getting their tokens from the fake's identity endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.aci_fake import SCENARIO_ENV, AciFake
+from support.prefect_api import PrefectAPI, state_message, state_type, wait_for
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "agent/infra/templates/azure-container-instance.json"
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
+TENANT, CLIENT_ID, CLIENT_SECRET = "tenant-1", "client-1", "client-secret-value-1"
+BLOCK_CLIENT_ID, BLOCK_SECRET = "block-client", "block-secret-value-2"
+PIPELINE_SECRET = "pipeline-secret-value-3"
+GROUP_TYPE = "Microsoft.ContainerInstance/containerGroups"
+IDENTITY = "/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1"
+SUBNET = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v/subnets/a"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[AciFake]:
+    with AciFake() as started:
+        started.client_secrets.update({CLIENT_ID: CLIENT_SECRET, BLOCK_CLIENT_ID: BLOCK_SECRET})
+        yield started
+
+
+def _agent_env(fake: AciFake) -> dict[str, str]:
+    return {
+        "FLOW_AGENT_AZURE_ARM_ENDPOINT": fake.url,
+        "FLOW_AGENT_WATCH_INTERVAL": "0.2",
+        "REQUESTS_CA_BUNDLE": fake.ca_file,  # the SDK and MSAL trust the fake's test CA
+        "AZURE_CLIENT_ID": CLIENT_ID,
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+    }
+
+
+def _credential_kwargs(fake: AciFake) -> dict[str, Any]:
+    return {"authority": fake.url, "disable_instance_discovery": True}
+
+
+def _set_state(api: PrefectAPI, run_id: str, type_: str) -> None:
+    body = {"state": {"type": type_, "name": type_.title()}, "force": True}
+    api.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
+
+
+def _group_of(api: PrefectAPI, run_id: str) -> str:
+    pid = api.wait_for_pid(run_id, timeout=30)["infrastructure_pid"]
+    prefix = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-agents/providers/{GROUP_TYPE}/"
+    assert pid.startswith(prefix), pid
+    return pid.removeprefix(prefix)
+
+
+def _gone(fake: AciFake, *names: str) -> None:
+    wait_for(lambda: not set(names) & set(fake.list_groups()), 20, message=f"groups {names} deleted")
+
+
+def test_pool_runs_end_truthfully_and_leave_nothing_behind(
+    api: PrefectAPI, pool: str, start_agent, fake: AciFake
+) -> None:
+    template = json.loads(TEMPLATE.read_text())
+    api.request(
+        "POST",
+        "/work_pools/",
+        json={"name": pool, "type": "azure-container-instance", "base_job_template": template},
+    )
+    variables = {
+        "image": "registry.example/flows:1",
+        "resource_group_name": "rg-agents",
+        "subscription_id": SUBSCRIPTION,
+        "task_start_timeout_seconds": 3,
+        "cpu": 2, "memory": 3.5, "gpu_count": 1, "gpu_sku": "V100",
+        "identities": [IDENTITY],
+        "subnet_ids": [SUBNET],
+        "dns_servers": ["10.0.0.10"],
+        "image_registry": {"registry_url": "registry.example", "username": "puller", "password": "pw-4"},
+        "aci_credentials": {"credential_kwargs": _credential_kwargs(fake)},
+        "env": {"GREETING": "hello"},
+    }  # fmt: skip
+    body = {
+        "name": f"{pool}-aci",
+        "flow_id": api.create_flow("aci-flow"),
+        "work_pool_name": pool,
+        "job_variables": variables,
+    }
+    deployment = api.request("POST", "/deployments/", json=body).json()["id"]
+
+    def run(scenario: str = "") -> str:
+        env = {"GREETING": "hello", **({SCENARIO_ENV: scenario} if scenario else {})}
+        return api.create_flow_run(deployment, job_variables={"env": env})["id"]
+
+    runs = {
+        "success": run(), "exit1": run(), "oom": run(), "cancel": run(),
+        "timeout": run("waiting:ErrImagePull: registry.example/flows:1 not found"),
+        "provisioning": run("fail:The requested resource is not available in the location 'westeurope'"),
+    }  # fmt: skip
+    agent = start_agent(pool, env={**_agent_env(fake), "FLOW_AGENT_API_KEY": PIPELINE_SECRET})
+    groups = {key: _group_of(api, run_id) for key, run_id in runs.items()}
+
+    sent = fake.body(groups["success"])  # what the SDK sent: the kind's body, byte for byte
+    container = sent["properties"]["containers"][0]["properties"]
+    assert container["image"] == "registry.example/flows:1"
+    assert container["resources"]["requests"] == {
+        "cpu": 2.0,
+        "memoryInGB": 3.5,
+        "gpu": {"count": 1, "sku": "V100"},
+    }
+    env = {item["name"]: item for item in container["environmentVariables"]}
+    assert env["GREETING"] == {"name": "GREETING", "value": "hello"}
+    assert env["PREFECT_API_KEY"] == {"name": "PREFECT_API_KEY", "secureValue": PIPELINE_SECRET}
+    assert sent["location"] == "westeurope"  # looked up from the resource group
+    assert list(sent["identity"]["userAssignedIdentities"]) == variables["identities"]
+    assert sent["properties"]["subnetIds"] == [{"id": variables["subnet_ids"][0]}]
+    assert sent["properties"]["dnsConfig"] == {"nameServers": ["10.0.0.10"]}
+    assert sent["properties"]["imageRegistryCredentials"][0]["username"] == "puller"
+
+    _set_state(api, runs["success"], "RUNNING")  # what the engine in the container would do
+    _set_state(api, runs["success"], "COMPLETED")
+    fake.terminate(groups["success"], 0)
+    fake.terminate(groups["exit1"], 1)
+    fake.terminate(groups["oom"], 137, "OOMKilled")
+    api.cancel(runs["cancel"])
+
+    assert state_type(api.wait_for_state(runs["success"], "COMPLETED", "CRASHED", timeout=30)) == "COMPLETED"
+    exit1 = api.wait_for_state(runs["exit1"], "CRASHED", timeout=30)
+    assert "exit code 1" in state_message(exit1) and "OOM" not in state_message(exit1)
+    assert "OOM" in state_message(api.wait_for_state(runs["oom"], "CRASHED", timeout=30))
+    timeout = state_message(api.wait_for_state(runs["timeout"], "CRASHED", timeout=30))
+    assert "did not start within 3 s" in timeout and "ErrImagePull" in timeout, timeout
+    provisioning = state_message(api.wait_for_state(runs["provisioning"], "CRASHED", timeout=30))
+    assert "not available in the location" in provisioning, provisioning
+    api.wait_for_state(runs["cancel"], "CANCELLED", timeout=30)
+    _gone(fake, *groups.values())
+    assert CLIENT_ID in fake.token_clients  # DefaultAzureCredential, from the environment
+    assert PIPELINE_SECRET not in agent.output() and CLIENT_SECRET not in agent.output()
+    assert "pw-4" not in agent.output()
+
+
+def test_a_block_run_uses_the_blocks_service_principal(
+    api: PrefectAPI, pool: str, start_agent, fake: AciFake
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "blocks", "register"],
+        env={"PREFECT_API_URL": api.api_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    credentials = {
+        "client_id": BLOCK_CLIENT_ID, "tenant_id": TENANT, "client_secret": BLOCK_SECRET,
+        "credential_kwargs": _credential_kwargs(fake),
+    }  # fmt: skip
+    data = {
+        "image": "registry.example/flows:2",
+        "resource_group_name": "rg-agents",
+        "subscription_id": SUBSCRIPTION,
+        "aci_credentials": credentials,
+        "location": "northeurope",
+    }
+    block = api.create_block_document("azure-container-instance-job", data)
+    api.create_process_pool(pool)
+    body = {"name": f"{pool}-block", "flow_id": api.create_flow("aci-flow"), "work_pool_name": pool,
+            "infrastructure_document_id": block["id"]}  # fmt: skip
+    deployment = api.request("POST", "/deployments/", json=body).json()["id"]
+    run_id = api.create_flow_run(deployment)["id"]
+    env = {**_agent_env(fake), "AZURE_CLIENT_SECRET": "wrong: the block's principal must be used"}
+    agent = start_agent(pool, env=env)
+
+    group = _group_of(api, run_id)
+    assert fake.body(group)["location"] == "northeurope"
+    fake.terminate(group, 1)
+    assert "exit code 1" in state_message(api.wait_for_state(run_id, "CRASHED", timeout=30))
+    _gone(fake, group)
+    assert BLOCK_CLIENT_ID in fake.token_clients
+    assert BLOCK_SECRET not in agent.output()
