@@ -10,18 +10,32 @@ processes are not adopted: a `host:pid` can be reused and two agents may share a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from anyio.abc import TaskGroup
 
 from agent.api import FlowRun, PrefectClient, TransientError
 from agent.backends.base import Backend, BackendError
 from agent.infra.kinds import Kinds
+from agent.jobs import JobBuilder
 from agent.observe.logging import get_logger
 from agent.pools import Pools
 from agent.runner import Runner
 from agent.slots import Slots
 
 __all__ = ["adopt_remote_runs"]
+
+
+async def _config_of(jobs: JobBuilder, run: FlowRun, pools: Pools) -> Any:
+    """The run's typed config (its credentials), or None if it cannot be rebuilt any more."""
+    try:
+        deployment = await jobs.api.read_deployment(run.deployment_id) if run.deployment_id else None
+        _kind, config, _source = await jobs.configure(run, pools.get(run.work_pool_name or ""), deployment)
+    except Exception as exc:  # noqa: BLE001 - adoption goes on with default credentials
+        log.info("adopting with default credentials", flow_run_id=run.id, reason=str(exc))
+        return None
+    return config
 
 log = get_logger("agent.adopt")
 _PAGE = 200
@@ -51,6 +65,7 @@ async def adopt_remote_runs(
     runner: Runner,
     slots: Slots,
     runs: TaskGroup,
+    jobs: JobBuilder,
 ) -> int:
     """Start watching every adoptable run; how many were adopted."""
     if not any(getattr(b, "remote", False) for b in backends.values()):
@@ -73,6 +88,7 @@ async def adopt_remote_runs(
         except BackendError as exc:  # another cluster, an old format: not ours to watch
             log.info("not adopting run", flow_run_id=run.id, reason=str(exc))
             continue
+        handle = replace(handle, config=await _config_of(jobs, run, pools))
         slots.take()
         runs.start_soon(runner.adopt, run, backend, handle, slots.release)
         adopted += 1

@@ -83,7 +83,7 @@ class Agent:
             supported_types=servable_pool_types(self.backends),
         )
         self.slots = Slots(settings.limit)
-        jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
+        self.jobs = jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
         self.audit = StartAudit(
             api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
         )
@@ -174,7 +174,7 @@ class Agent:
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
                 await adopt_remote_runs(
-                    self.api, self.pools, self.backends, self.runner, self.slots, runs
+                    self.api, self.pools, self.backends, self.runner, self.slots, runs, self.jobs
                 )
                 await self.poller.run(self.stop, runs)
                 if await self._drain():

@@ -43,7 +43,7 @@ class JobBuilder:
         worker_name: str,
         on_secret: Callable[[str], None],
     ) -> None:
-        self._api = api
+        self.api = api
         self._kinds = kinds
         self._environ = dict(environ)  # for {{ $VAR }} placeholders, as Prefect's worker does
         self._on_secret = on_secret
@@ -93,12 +93,12 @@ class JobBuilder:
         )
         if document_id:
             block = await load_infrastructure_block(
-                self._api, document_id, source=_source(pool, deployment), on_secret=self._on_secret
+                self.api, document_id, source=_source(pool, deployment), on_secret=self._on_secret
             )
             source = f"block {block.slug}/{block.name}" + _dep(deployment)
             kind = self._kinds.for_block_slug(block.slug, source=source)
             data = apply_overrides(block.data, deployment_vars, run.job_variables)
-            data = await resolve_references(data, self._api, on_secret=self._on_secret, source=source)
+            data = await resolve_references(data, self.api, on_secret=self._on_secret, source=source)
             return kind, kind.config_from_block(data, source=source), source
         if pool is None:
             raise LookupError("a run without an infrastructure block needs its work pool")
@@ -110,7 +110,7 @@ class JobBuilder:
         variables = merge_job_variables(deployment_vars, run.job_variables)
         if "customizations" in variables:  # not a template variable: taken as given
             resolved["customizations"] = variables["customizations"]
-        resolved = await resolve_references(resolved, self._api, on_secret=self._on_secret, source=source)
+        resolved = await resolve_references(resolved, self.api, on_secret=self._on_secret, source=source)
         return kind, kind.config_from_pool(resolved, pool_type=pool.type, source=source), source
 
     def context(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> RunContext:

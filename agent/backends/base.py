@@ -54,6 +54,9 @@ class Handle:
     kind: str
     pid: str
     flow_run_id: str = ""
+    # The run's typed configuration when known (an adopted run's is rebuilt from its pool
+    # and deployment): credentials and cleanup flags the pid string cannot carry.
+    config: Any = field(default=None, compare=False, repr=False)
 
 
 class BackendError(Exception):

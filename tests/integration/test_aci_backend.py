@@ -184,3 +184,46 @@ def test_a_block_run_uses_the_blocks_service_principal(
     _gone(fake, group)
     assert BLOCK_CLIENT_ID in fake.token_clients
     assert BLOCK_SECRET not in agent.output()
+
+
+def test_a_stopped_agent_leaves_the_run_and_the_next_one_adopts_it(
+    api: PrefectAPI, pool: str, start_agent, fake: AciFake
+) -> None:
+    # Stage two of shutdown leaves remote workloads running; the next agent watches them.
+    template = json.loads(TEMPLATE.read_text())
+    api.request(
+        "POST",
+        "/work_pools/",
+        json={"name": pool, "type": "azure-container-instance", "base_job_template": template},
+    )
+    variables = {
+        "image": "registry.example/flows:1",
+        "resource_group_name": "rg-agents",
+        "subscription_id": SUBSCRIPTION,
+        "location": "westeurope",
+        "aci_credentials": {"credential_kwargs": _credential_kwargs(fake)},
+    }
+    body = {
+        "name": f"{pool}-restart",
+        "flow_id": api.create_flow("aci-flow"),
+        "work_pool_name": pool,
+        "job_variables": variables,
+    }
+    deployment = api.request("POST", "/deployments/", json=body).json()["id"]
+    run_id = api.create_flow_run(deployment)["id"]
+
+    first = start_agent(pool, env={**_agent_env(fake), "FLOW_AGENT_SHUTDOWN_GRACE": "1"})
+    group = _group_of(api, run_id)
+    assert first.stop() == 0  # drain grace runs out: stage two
+    assert group in fake.list_groups(), "the agent must not delete a remote run when it stops"
+    assert state_type(api.read_flow_run(run_id)) == "PENDING"
+
+    # without the run's job config the adopting agent authenticates as itself
+    # (DefaultAzureCredential): point its identity at the fake's authority
+    second = start_agent(pool, env={**_agent_env(fake), "AZURE_AUTHORITY_HOST": fake.url})
+    wait_for(lambda: "adopted" in second.output(), 30, message="the new agent to adopt the run")
+    fake.terminate(group, 3)
+
+    final = api.wait_for_state(run_id, "CRASHED", timeout=30)
+    assert "exit code 3" in state_message(final)
+    _gone(fake, group)

@@ -285,10 +285,13 @@ class AciBackend:
     # -- wait, inspect, kill -----------------------------------------------------------------------
 
     def _adopt(self, handle: Handle) -> _Watch:
-        """A group launched elsewhere (another agent, before a restart): default credential, no
-        start deadline, deleted when it ends."""
+        """A group launched elsewhere (another agent, before a restart): the run's own
+        credentials when the handle carries its config, else the default credential; no start
+        deadline; deleted when it ends."""
         ref = GroupRef.parse(handle.pid)
-        return _Watch(ref, self._azure.client(ref.subscription_id, None), handle.flow_run_id, started=True)
+        credentials = getattr(handle.config, "aci_credentials", None)
+        client = self._azure.client(ref.subscription_id, None, credentials)
+        return _Watch(ref, client, handle.flow_run_id, started=True)
 
     async def wait(self, handle: Handle) -> Outcome:
         watch = self._watches.get(handle.pid)
