@@ -1,0 +1,175 @@
+"""moto as an ECS/EC2 double, in the test process so tests can decide how tasks end.
+
+moto has no HTTP hook for ECS task results, so the server runs as a `ThreadedMotoServer`
+here and tests mutate its backend models directly (moto internals, pinned to moto 5.2.x;
+/work/shared/reference/test-doubles.md §1). Quirks handled here: container memory is
+required even on Fargate (the caller adds it), awsvpc needs DNS hostnames on the VPC, and
+the task state manager is frozen so tasks stay RUNNING until a test ends them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import httpx
+
+from agent.infra import default_base_job_template
+
+__all__ = ["ACCOUNT", "OOM_REASON", "REGION", "MotoEcs", "ecs_template", "moto_ecs"]
+
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+_lock = threading.Lock()
+_server: Any = None
+
+
+def ecs_template(start_timeout: int | None = None) -> dict[str, Any]:
+    """The stock `ecs` base job template with the container memory moto needs (quirk 1)."""
+    template = default_base_job_template("ecs")
+    config = template["job_configuration"]
+    config["task_definition"]["containerDefinitions"][0]["memory"] = 512
+    if start_timeout is not None:
+        config["task_start_timeout_seconds"] = start_timeout
+    return template
+
+
+@dataclass
+class MotoEcs:
+    url: str
+    region: str = REGION
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What an agent process needs to talk to this double through the default chain."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    @property
+    def credentials(self) -> dict[str, Any]:
+        """The same, as an AwsCredentials block's data."""
+        return {
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+            "region_name": self.region,
+            "aws_client_parameters": {"endpoint_url": self.url},
+        }
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=self.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def reset(self, cluster: str = "default") -> None:
+        """Empty state, tasks frozen in RUNNING, `cluster` created, default VPC usable."""
+        httpx.post(f"{self.url}/moto-api/reset").raise_for_status()
+        from moto.moto_api import state_manager
+
+        state_manager.set_transition(
+            model_name="ecs::task", transition={"progression": "manual", "times": 10**9}
+        )
+        self.client("ecs").create_cluster(clusterName=cluster)
+        ec2 = self.client("ec2")
+        for vpc in ec2.describe_vpcs()["Vpcs"]:
+            ec2.modify_vpc_attribute(VpcId=vpc["VpcId"], EnableDnsHostnames={"Value": True})
+
+    def vpc(self, cidr: str = "10.9.0.0/16") -> tuple[str, list[str], str]:
+        """A non-default VPC with two subnets and a security group: (vpc, subnets, sg)."""
+        ec2 = self.client("ec2")
+        vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+        base = cidr.rsplit(".", 2)[0]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"{base}.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)
+        ]
+        sg = ec2.create_security_group(GroupName=f"sg-{vpc}", Description="t", VpcId=vpc)["GroupId"]
+        return vpc, subnets, sg
+
+    # -- moto's models, in process -----------------------------------------------------------
+
+    @staticmethod
+    def _backend() -> Any:
+        from moto.ecs.models import ecs_backends
+
+        return ecs_backends[ACCOUNT][REGION]
+
+    def tasks(self) -> list[Any]:
+        return [t for tasks in self._backend().tasks.values() for t in tasks.values()]
+
+    def task(self, arn: str) -> Any:
+        for task in self.tasks():
+            if task.task_arn == arn:
+                return task
+        raise KeyError(arn)
+
+    def task_definitions(self, family: str | None = None) -> list[Any]:
+        found = [td for revisions in self._backend().task_definitions.values() for td in revisions.values()]
+        return [td for td in found if family is None or td.family == family]
+
+    def finish(self, arn: str, *, exit_code: int | None, reason: str | None = None) -> None:
+        """The flow container exits with `exit_code` (and a container `reason`, e.g. OOM)."""
+        task = self.task(arn)
+        task.last_status = task.desired_status = "STOPPED"
+        task.stop_code, task.stopped_reason = "EssentialContainerExited", "Essential container in task exited"
+        task.stopping_at = task.execution_stopped_at = task.stopped_at = dt.datetime.now(dt.UTC)
+        for container in task.containers:
+            container.last_status, container.exitCode = "STOPPED", exit_code
+            if reason:
+                container.reason = reason
+
+    def hold_pending(self, arn: str, *, reason: str) -> None:
+        """The task stays PENDING (an image that cannot be pulled, no capacity, ...)."""
+        task = self.task(arn)
+        task.last_status = "PENDING"
+        for container in task.containers:
+            container.reason = reason
+
+    @contextlib.contextmanager
+    def tasks_start_pending(self, reason: str) -> Iterator[None]:
+        """Tasks started meanwhile never leave PENDING (moto starts them RUNNING)."""
+        from moto.ecs.models import EC2ContainerServiceBackend
+
+        original = EC2ContainerServiceBackend.run_task
+
+        def run_task(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            tasks = original(backend, *args, **kwargs)
+            for task in tasks:
+                task.last_status = "PENDING"
+                for container in task.containers:
+                    container.reason = reason
+            return tasks
+
+        EC2ContainerServiceBackend.run_task = run_task  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            EC2ContainerServiceBackend.run_task = original  # type: ignore[method-assign]
+
+
+def moto_ecs() -> MotoEcs:
+    """The session's moto server (started on first use; it dies with the test process)."""
+    global _server
+    with _lock:
+        if _server is None:
+            from moto.server import ThreadedMotoServer
+
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            _server = server
+        host, port = _server.get_host_and_port()
+    return MotoEcs(f"http://{host}:{port}")
