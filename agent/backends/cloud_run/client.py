@@ -1,0 +1,152 @@
+"""The Cloud Run v2 clients, their credentials, and the one place SDK errors are classified.
+
+Everything here is blocking (the `run_v2` REST clients): the backend calls it through
+`anyio.to_thread.run_sync`. Errors leave this module only as the backend errors of
+agent/backends/base.py, worded with the platform's own message and never with a secret.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth import exceptions as auth_exc
+from google.cloud import run_v2
+
+from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
+
+__all__ = ["Clients", "ClientCache", "call"]
+
+T = TypeVar("T")
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+_TRANSIENT = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.DeadlineExceeded,
+    gexc.RetryError,
+    gexc.Aborted,
+)
+
+
+@dataclass(frozen=True)
+class Clients:
+    jobs: run_v2.JobsClient
+    executions: run_v2.ExecutionsClient
+    tasks: run_v2.TasksClient
+
+
+def call(fn: Callable[[], T], what: str, *, missing: type[BackendError] = InfrastructureNotFound) -> T:
+    """Run one blocking SDK call, mapping its errors (`what` names it in messages).
+
+    Not found is `missing`: InfrastructureNotFound for an execution we watch, LaunchError
+    when the project, region or job a launch needs does not exist.
+    """
+    try:
+        return fn()
+    except gexc.NotFound as exc:
+        hint = "; check the project and region" if missing is LaunchError else ""
+        raise missing(f"Cloud Run {what}: not found: {exc.message}{hint}") from None
+    except _TRANSIENT as exc:
+        raise BackendUnavailable(f"Cloud Run {what}: {_words(exc)} (will retry)") from None
+    except (gexc.Unauthenticated, gexc.PermissionDenied) as exc:
+        raise LaunchError(
+            f"Cloud Run {what}: {_words(exc)}; give the credentials the Cloud Run Developer role "
+            "(run.jobs.* and run.executions.*) in this project"
+        ) from None
+    except gexc.GoogleAPICallError as exc:  # 400, 409 outside create, 412: the request is wrong
+        raise LaunchError(f"Cloud Run {what}: {_words(exc)}") from None
+    except auth_exc.DefaultCredentialsError:
+        raise LaunchError(
+            "no Google credentials: give the GcpCredentials block service_account_info, or set up "
+            "Application Default Credentials for the agent"
+        ) from None
+    except (auth_exc.TransportError, auth_exc.RefreshError, ConnectionError, OSError) as exc:
+        # RefreshError: the token endpoint failed; its text may quote the key's id, not the key
+        raise BackendUnavailable(f"Cloud Run {what}: {type(exc).__name__} (will retry)") from None
+    except concurrent.futures.TimeoutError:
+        raise BackendUnavailable(f"Cloud Run {what}: no answer in time (will retry)") from None
+
+
+def _words(exc: gexc.GoogleAPICallError) -> str:
+    code = getattr(exc, "code", None)
+    return f"{exc.message} (HTTP {int(code)})" if code else str(exc.message)
+
+
+class ClientCache:
+    """One set of clients per endpoint and credentials; built lazily (ADC lookup does I/O)."""
+
+    def __init__(self, endpoint: str | None, credentials: Any = None) -> None:
+        self._endpoint = endpoint
+        self._override = credentials
+        self._clients: dict[str, Clients] = {}
+        self._lock = threading.Lock()
+
+    def get(self, credentials_block: Mapping[str, Any] | None) -> Clients:
+        info = _service_account_info(credentials_block)
+        key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest() if info else "adc"
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = call(lambda: self._build(info), "credentials", missing=LaunchError)
+            return self._clients[key]
+
+    def _build(self, info: Mapping[str, Any] | None) -> Clients:
+        options = ClientOptions(api_endpoint=self._endpoint) if self._endpoint else None
+        kwargs: dict[str, Any] = {"transport": "rest", "client_options": options}
+        kwargs["credentials"] = self._credentials(info)
+        return Clients(
+            run_v2.JobsClient(**kwargs), run_v2.ExecutionsClient(**kwargs), run_v2.TasksClient(**kwargs)
+        )
+
+    def _credentials(self, info: Mapping[str, Any] | None) -> Any:
+        if self._override is not None:
+            return self._override
+        if self._endpoint and self._endpoint.startswith("http://"):
+            # a plain-HTTP endpoint is a local double: never send a token over it
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        if info:
+            from google.oauth2 import service_account
+
+            try:
+                return service_account.Credentials.from_service_account_info(dict(info), scopes=_SCOPES)
+            except (ValueError, KeyError) as exc:
+                field = exc.args[0] if isinstance(exc, KeyError) else "private_key"
+                raise LaunchError(
+                    f"the GcpCredentials block's service_account_info is not a usable key (check {field!r}); "
+                    "paste the whole JSON key file"
+                ) from None
+        import google.auth
+
+        credentials, _project = google.auth.default(scopes=_SCOPES)
+        return credentials
+
+
+def _service_account_info(block: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The key from `service_account_info` (a dict or its JSON), else from `service_account_file`."""
+    info = (block or {}).get("service_account_info")
+    path = (block or {}).get("service_account_file")
+    if not info and isinstance(path, str) and path:
+        try:
+            with open(path, encoding="utf-8") as key_file:
+                info = key_file.read()
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot read the GcpCredentials block's service_account_file {path!r}: {exc.strerror}"
+            ) from None
+    if isinstance(info, str):
+        try:
+            info = json.loads(info)
+        except ValueError:
+            raise LaunchError("the GcpCredentials block's service account key is not JSON") from None
+    return info if isinstance(info, Mapping) and info else None

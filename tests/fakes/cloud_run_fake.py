@@ -1,0 +1,392 @@
+"""A small stateful fake of the Cloud Run Admin API v2 (REST), for the real `run_v2` clients.
+
+No Cloud Run emulator exists, so this serves the routes the backend uses over plain HTTP
+on 127.0.0.1 (the REST transport accepts an `http://` endpoint; the clients then need
+AnonymousCredentials). Responses are built with the library's own proto types, so the JSON
+is what the clients parse from the real API. Executions stay pending until a test decides
+how they end: `start_execution`, `finish_execution`, `fail_to_start`.
+
+Routes (all under /v2/projects/P/locations/R): jobs create (409 on a duplicate) / get /
+list / delete, jobs:run (an LRO with the Execution as metadata, done when it ends),
+operations get, executions list / get / delete / :cancel, tasks list.
+`inject(route, status, after=True)` makes the next call of a route fail, after committing
+its effect when `after` is true (a lost response).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from google.cloud import run_v2
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, json_format
+
+__all__ = ["CloudRunFake"]
+
+_C = run_v2.Condition
+_SUCCEEDED, _FAILED, _PENDING = (
+    _C.State.CONDITION_SUCCEEDED,
+    _C.State.CONDITION_FAILED,
+    _C.State.CONDITION_PENDING,
+)
+_PARENT = r"/v2/(?P<parent>projects/[^/]+/locations/[^/]+)"
+_ROUTES: list[tuple[str, str, str]] = [
+    ("POST", _PARENT + r"/jobs$", "create_job"),
+    ("GET", _PARENT + r"/jobs$", "list_jobs"),
+    ("GET", _PARENT + r"/jobs/(?P<job>[^/:]+)$", "get_job"),
+    ("DELETE", _PARENT + r"/jobs/(?P<job>[^/:]+)$", "delete_job"),
+    ("POST", _PARENT + r"/jobs/(?P<job>[^/:]+):run$", "run_job"),
+    ("GET", _PARENT + r"/operations/(?P<op>[^/]+)$", "get_operation"),
+    ("GET", _PARENT + r"/jobs/(?P<job>[^/]+)/executions$", "list_executions"),
+    ("GET", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/:]+)$", "get_execution"),
+    ("DELETE", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/:]+)$", "delete_execution"),
+    ("POST", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/:]+):cancel$", "cancel_execution"),
+    ("GET", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/]+)/tasks$", "list_tasks"),
+]
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
+@dataclass
+class _Fault:
+    status: int
+    after: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _cond(kind: str, state: int, message: str = "", **extra: Any) -> run_v2.Condition:
+    return run_v2.Condition(type_=kind, state=state, message=message, last_transition_time=_now(), **extra)
+
+
+def _lro(name: str, *, done: bool, metadata: Any = None, response: Any = None) -> str:
+    op = operations_pb2.Operation(name=name, done=done)
+    if metadata is not None:
+        packed = any_pb2.Any()
+        packed.Pack(type(metadata).pb(metadata))
+        op.metadata.CopyFrom(packed)
+    if response is not None:
+        packed = any_pb2.Any()
+        packed.Pack(type(response).pb(response))
+        op.response.CopyFrom(packed)
+    return json_format.MessageToJson(op)
+
+
+class CloudRunFake:
+    """`with CloudRunFake() as fake:` serves on `fake.url`; hooks are thread-safe."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, run_v2.Job] = {}
+        self.executions: dict[str, run_v2.Execution] = {}
+        self.tasks: dict[str, list[run_v2.Task]] = {}
+        self.operations: dict[str, tuple[str, str]] = {}  # op name -> (kind, resource)
+        self.calls: list[str] = []
+        self._faults: dict[str, _Fault] = {}
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+                pass
+
+            def do_GET(self) -> None:
+                fake._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                fake._handle(self, "POST")
+
+            def do_DELETE(self) -> None:
+                fake._handle(self, "DELETE")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> CloudRunFake:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- test hooks ---------------------------------------------------------------------------
+
+    def list_jobs(self) -> list[str]:
+        with self._lock:
+            return sorted(self.jobs)
+
+    def list_executions(self, job: str | None = None) -> list[str]:
+        with self._lock:
+            return sorted(n for n in self.executions if job is None or n.startswith(job + "/"))
+
+    def inject(self, route: str, status: int = 503, *, after: bool = False) -> None:
+        """Fail the next call of `route` (e.g. "run_job") with `status`; after committing it if `after`."""
+        with self._lock:
+            self._faults[route] = _Fault(status, after)
+
+    def start_execution(self, name: str) -> None:
+        with self._lock:
+            ex = self.executions[name]
+            if ex.start_time:
+                return
+            ex.start_time = _now()
+            ex.running_count = ex.task_count
+            ex.conditions = [
+                _cond("ResourcesAvailable", _SUCCEEDED),
+                _cond("Started", _SUCCEEDED),
+                _cond("Completed", _PENDING, "Waiting for execution to complete."),
+            ]
+
+    def finish_execution(self, name: str, exit_code: int = 0, oom: bool = False, message: str = "") -> None:
+        """End a (started) execution: every task's last attempt exits with `exit_code`."""
+        with self._lock:
+            self.start_execution(name)
+            ex = self.executions[name]
+            failed = exit_code != 0 or oom
+            if oom:
+                exit_code = exit_code or 137
+                message = message or (
+                    "Memory limit of 512 MiB exceeded with 530 MiB used. Consider increasing the "
+                    "memory limit, see https://cloud.google.com/run/docs/configuring/memory-limits"
+                )
+            for task in self.tasks[name]:
+                task.start_time = ex.start_time
+                task.completion_time = _now()
+                status = {"code": 2 if failed else 0, "message": message}
+                task.last_attempt_result = run_v2.TaskAttemptResult(
+                    exit_code=exit_code, term_signal=9 if oom else 0, status=status
+                )
+            self._complete(ex, failed, message or f"Task {name.rsplit('/', 1)[-1]}-task0 failed.")
+
+    def fail_to_start(self, name: str, message: str) -> None:
+        """The execution never runs (image pull error, quota): it ends failed, never started."""
+        with self._lock:
+            ex = self.executions[name]
+            ex.conditions = [
+                _cond("ResourcesAvailable", _FAILED, message),
+                _cond("Started", _FAILED, message),
+            ]
+            self._complete(ex, True, message)
+
+    def _complete(self, ex: run_v2.Execution, failed: bool, message: str, *, cancelled: bool = False) -> None:
+        ex.running_count = 0
+        ex.completion_time = _now()
+        if cancelled:
+            ex.cancelled_count = ex.task_count
+            done = _cond(
+                "Completed",
+                _FAILED,
+                "The execution was cancelled.",
+                execution_reason=_C.ExecutionReason.CANCELLED,
+            )
+        elif failed:
+            ex.failed_count = ex.task_count
+            reason = _C.ExecutionReason.NON_ZERO_EXIT_CODE
+            done = _cond("Completed", _FAILED, message, execution_reason=reason)
+        else:
+            ex.succeeded_count = ex.task_count
+            done = _cond("Completed", _SUCCEEDED)
+        # rebuilt, not assigned by index: proto-plus mishandles ex.conditions[-1] = ...
+        ex.conditions = [c for c in ex.conditions if c.type_ != "Completed"] + [done]
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(request.path)
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else b""
+        for verb, pattern, route in _ROUTES:
+            match = re.match(pattern, url.path)
+            if verb == method and match:
+                status, text = self._dispatch(route, match.groupdict(), parse_qs(url.query), body)
+                break
+        else:
+            status, text = 404, self._error(_ApiError(404, "NOT_FOUND", f"no route {method} {url.path}"))
+        data = text.encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def _dispatch(
+        self, route: str, parts: dict[str, str], query: dict[str, list[str]], body: bytes
+    ) -> tuple[int, str]:
+        handler: Callable[..., str] = getattr(self, "_" + route)
+        with self._lock:
+            self.calls.append(route)
+            fault = self._faults.pop(route, None)
+            try:
+                if fault is not None and not fault.after:
+                    raise _ApiError(fault.status, "UNAVAILABLE", "injected failure")
+                text = handler(parts, query, body)
+                if fault is not None:
+                    raise _ApiError(fault.status, "UNAVAILABLE", "injected failure after commit")
+                return 200, text
+            except _ApiError as exc:
+                return exc.code, self._error(exc)
+
+    @staticmethod
+    def _error(exc: _ApiError) -> str:
+        return json.dumps({"error": {"code": exc.code, "status": exc.status, "message": exc.message}})
+
+    def _job_name(self, parts: dict[str, str]) -> str:
+        name = f"{parts['parent']}/jobs/{parts['job']}"
+        if name not in self.jobs:
+            raise _ApiError(
+                404,
+                "NOT_FOUND",
+                f"Resource '{parts['job']}' of kind 'JOB' in {parts['parent']} does not exist.",
+            )
+        return name
+
+    def _execution_name(self, parts: dict[str, str]) -> str:
+        name = f"{parts['parent']}/jobs/{parts['job']}/executions/{parts['ex']}"
+        if name not in self.executions:
+            raise _ApiError(404, "NOT_FOUND", f"Resource '{parts['ex']}' of kind 'EXECUTION' does not exist.")
+        return name
+
+    def _new_operation(self, parent: str, kind: str, resource: str) -> str:
+        name = f"{parent}/operations/{uuid.uuid4()}"
+        self.operations[name] = (kind, resource)
+        return name
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    def _create_job(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        job_id = (query.get("jobId") or [""])[0]
+        if not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", job_id):
+            raise _ApiError(400, "INVALID_ARGUMENT", f"Invalid job id {job_id!r}.")
+        job = run_v2.Job.from_json(body or b"{}", ignore_unknown_fields=False)
+        if not job.template.template.containers:
+            raise _ApiError(
+                400, "INVALID_ARGUMENT", "template.template.containers: at least one container is required"
+            )
+        name = f"{parts['parent']}/jobs/{job_id}"
+        if name in self.jobs:
+            raise _ApiError(409, "ALREADY_EXISTS", f"Resource '{job_id}' already exists.")
+        job.name, job.uid, job.create_time = name, str(uuid.uuid4()), _now()
+        job.terminal_condition = _cond("Ready", _SUCCEEDED)
+        self.jobs[name] = job
+        return _lro(self._new_operation(parts["parent"], "job", name), done=True, metadata=job, response=job)
+
+    def _list_jobs(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        jobs = [j for n, j in sorted(self.jobs.items()) if n.startswith(parts["parent"] + "/")]
+        return run_v2.ListJobsResponse.to_json(run_v2.ListJobsResponse(jobs=jobs))
+
+    def _get_job(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        return run_v2.Job.to_json(self.jobs[self._job_name(parts)])
+
+    def _delete_job(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        name = self._job_name(parts)
+        job = self.jobs.pop(name)
+        for execution in self.list_executions(name):  # a job's executions go with it
+            self.executions.pop(execution)
+            self.tasks.pop(execution, None)
+        return _lro(self._new_operation(parts["parent"], "job", name), done=True, metadata=job, response=job)
+
+    def _run_job(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        job = self.jobs[self._job_name(parts)]
+        name = f"{job.name}/executions/{parts['job']}-{uuid.uuid4().hex[:5]}"
+        count = job.template.task_count or 1
+        ex = run_v2.Execution(
+            name=name,
+            uid=str(uuid.uuid4()),
+            job=parts["job"],
+            create_time=_now(),
+            task_count=count,
+            labels=dict(job.template.labels),
+            log_uri=f"https://console.cloud.google.com/logs?e={parts['job']}",
+            conditions=[
+                _cond("ResourcesAvailable", _PENDING),
+                _cond("Started", _PENDING),
+                _cond("Completed", _PENDING),
+            ],
+        )
+        self.executions[name] = ex
+        self.tasks[name] = [
+            run_v2.Task(
+                name=f"{name}/tasks/{name.rsplit('/', 1)[-1]}-task{i}",
+                index=i,
+                execution=name,
+                job=parts["job"],
+            )
+            for i in range(count)
+        ]
+        job.latest_created_execution = run_v2.ExecutionReference(name=name, create_time=ex.create_time)
+        job.execution_count += 1
+        return _lro(self._new_operation(parts["parent"], "execution", name), done=False, metadata=ex)
+
+    def _get_operation(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        name = f"{parts['parent']}/operations/{parts['op']}"
+        if name not in self.operations:
+            raise _ApiError(404, "NOT_FOUND", f"Operation {parts['op']} does not exist.")
+        kind, resource = self.operations[name]
+        if kind == "job":
+            job = self.jobs.get(resource) or run_v2.Job(name=resource)
+            return _lro(name, done=True, metadata=job, response=job)
+        ex = self.executions.get(resource) or run_v2.Execution(name=resource)
+        done = bool(ex.completion_time) or resource not in self.executions
+        return _lro(name, done=done, metadata=ex, response=ex if done else None)
+
+    def _list_executions(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        job = self._job_name(parts)
+        found = [self.executions[n] for n in self.list_executions(job)]
+        return run_v2.ListExecutionsResponse.to_json(run_v2.ListExecutionsResponse(executions=found))
+
+    def _get_execution(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        return run_v2.Execution.to_json(self.executions[self._execution_name(parts)])
+
+    def _delete_execution(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        name = self._execution_name(parts)
+        ex = self.executions.pop(name)
+        self.tasks.pop(name, None)
+        return _lro(
+            self._new_operation(parts["parent"], "execution", name), done=True, metadata=ex, response=ex
+        )
+
+    def _cancel_execution(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        name = self._execution_name(parts)
+        ex = self.executions[name]
+        if ex.completion_time and not ex.cancelled_count:
+            raise _ApiError(400, "FAILED_PRECONDITION", f"Execution {parts['ex']} has already completed.")
+        if not ex.completion_time:
+            self._complete(ex, True, "", cancelled=True)
+        return _lro(
+            self._new_operation(parts["parent"], "execution", name), done=True, metadata=ex, response=ex
+        )
+
+    def _list_tasks(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        tasks = self.tasks.get(self._execution_name(parts), [])
+        return run_v2.ListTasksResponse.to_json(run_v2.ListTasksResponse(tasks=tasks))
