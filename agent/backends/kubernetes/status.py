@@ -1,0 +1,139 @@
+"""Reading Kubernetes objects: has the pod started, why not, how did the job end.
+
+Pure functions over the API's JSON, so every rule is testable without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from agent.infra.kubernetes_manifest import CONTAINER
+from agent.outcome import Outcome, Reason
+
+__all__ = [
+    "FATAL_WAITING",
+    "job_finished",
+    "job_name_of",
+    "newest_pod",
+    "outcome_from_pod",
+    "pod_started",
+    "start_problem",
+]
+
+# Waiting reasons that no amount of waiting repairs: fail at once, not at the deadline.
+# ImagePullBackOff, ErrImagePull and CreateContainerConfigError can heal (a registry
+# hiccup, a secret created late), so they fail only when the start deadline passes.
+FATAL_WAITING: Final = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+_PROGRESS: Final = frozenset({"ContainerCreating", "PodInitializing"})
+_DETAIL_LIMIT: Final = 400
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def job_name_of(pod: Mapping[str, Any]) -> str | None:
+    """The job that owns a pod: its owner reference, else the job controller's labels."""
+    for owner in _meta(pod).get("ownerReferences") or ():
+        if owner.get("kind") == "Job":
+            return str(owner.get("name"))
+    labels = _meta(pod).get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
+def _flow_container(statuses: Iterable[Mapping[str, Any]] | None) -> Mapping[str, Any] | None:
+    statuses = list(statuses or ())
+    named = [s for s in statuses if s.get("name") == CONTAINER]
+    return (named or statuses or [None])[0]
+
+
+def pod_started(pod: Mapping[str, Any]) -> bool:
+    """The flow container ran (or the pod got past Pending): the start deadline is met."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Running", "Succeeded", "Failed"):
+        return True
+    container = _flow_container(status.get("containerStatuses"))
+    state = (container or {}).get("state") or {}
+    return "running" in state or "terminated" in state
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
+
+
+def start_problem(pod: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """Why a pending pod is not running, in Kubernetes' words, and whether it is hopeless.
+
+    Init containers first (they run first), then the containers; then the scheduler's
+    `PodScheduled=False` condition (Unschedulable: "0/3 nodes are available: ...").
+    """
+    status = pod.get("status") or {}
+    for container in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason and reason not in _PROGRESS:
+            text = f"{reason}: {waiting.get('message')}" if waiting.get("message") else reason
+            return _clip(text), reason in FATAL_WAITING
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = condition.get("reason") or "Unschedulable"
+            text = f"{reason}: {condition.get('message')}" if condition.get("message") else reason
+            return _clip(text), False
+    return None
+
+
+def job_finished(job: Mapping[str, Any]) -> tuple[bool, str]:
+    """(finished, "Reason: message" of a Failed condition) from the job's conditions."""
+    for condition in (job.get("status") or {}).get("conditions") or ():
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return True, ""
+        if condition.get("type") == "Failed":
+            reason, message = condition.get("reason") or "Failed", condition.get("message")
+            return True, _clip(f"{reason}: {message}" if message else reason)
+    return False, ""
+
+
+def newest_pod(pods: Iterable[Mapping[str, Any]], *, prefer_succeeded: bool) -> Mapping[str, Any] | None:
+    """The pod whose end is the job's end: a succeeded one for a complete job, else the newest."""
+    pods = list(pods)
+    if prefer_succeeded:
+        succeeded = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+        pods = succeeded or pods
+    key = lambda p: (_meta(p).get("creationTimestamp") or "", _meta(p).get("name") or "")  # noqa: E731
+    return max(pods, key=key, default=None)
+
+
+def outcome_from_pod(pod: Mapping[str, Any] | None, job_failure: str = "") -> Outcome:
+    """The outcome from the flow container's `terminated` state (OOMKilled = OOM), evictions
+    as such, and the job's own failure reason when no exit status exists."""
+    if pod is None:
+        return Outcome(
+            Reason.LOST, detail=job_failure or "the job has no pods left to read an exit status from"
+        )
+    status = pod.get("status") or {}
+    name = _meta(pod).get("name", "?")
+    if status.get("reason") == "Evicted":
+        return Outcome(
+            Reason.LOST, detail=_clip(f"pod {name} was evicted: {status.get('message') or 'Evicted'}")
+        )
+    for init in status.get("initContainerStatuses") or ():
+        terminated = (init.get("state") or {}).get("terminated") or {}
+        if terminated.get("reason") == "OOMKilled":
+            detail = f"init container {init.get('name')!r} of pod {name} was OOMKilled"
+            return Outcome(Reason.OOM, exit_code=terminated.get("exitCode"), detail=detail)
+    container = _flow_container(status.get("containerStatuses")) or {}
+    terminated = (container.get("state") or {}).get("terminated")
+    if not terminated or terminated.get("exitCode") is None:
+        return Outcome(Reason.LOST, detail=job_failure or f"pod {name} ended without an exit status")
+    code, reason = int(terminated["exitCode"]), terminated.get("reason") or ""
+    if reason == "OOMKilled":
+        detail = f"OOMKilled: container {container.get('name')!r} of pod {name} exceeded its memory limit"
+        return Outcome(Reason.OOM, exit_code=code, detail=detail)
+    if code == 0:
+        return Outcome(Reason.EXITED, exit_code=0)
+    words = f"{reason}: {terminated['message']}" if terminated.get("message") else reason
+    detail = f"pod {name} terminated" + (f" ({_clip(words)})" if words else "")
+    return Outcome(Reason.EXITED, exit_code=code, detail=detail)
