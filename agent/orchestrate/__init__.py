@@ -17,15 +17,9 @@ from agent.orchestrate.batch import (
     delete_flow_runs,
     select_flow_runs,
 )
-from agent.orchestrate.deployments import (
-    arun_deployment,
-    exit_code_for,
-    parse_assignments,
-    parse_duration,
-    parse_start,
-    run_deployment,
-    wait_for_flow_run,
-)
+from agent.orchestrate.parse import exit_code_for, parse_assignments, parse_duration, parse_start
+from agent.orchestrate.trigger import arun_deployment, run_deployment
+from agent.orchestrate.wait import wait_for_flow_run
 
 __all__ = [
     "BatchResult",

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.aci import AciConfig, AciKind, AcrIdentity, RegistryLogin
-from agent.infra.patch import apply_customizations
-from agent.infra.spec import RunContext
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "aci"
 SOURCE = "deployment 'etl/daily'"
 SECRET = "pnu_secret"
 RUN_ID = "0b1c6a1e-1b7e-4c1e-9a2b-7f6c0d7e8f90"
-CTX = RunContext(
-    flow_run_id=RUN_ID,
-    flow_run_name="crimson-fox",
+CTX = run_context(
+    RUN_ID,
+    api_url="http://prefect:4200/api",
+    api_key=SECRET,
+    labels={"prefect.io/flow-name": "Nightly ETL"},
     work_pool_name="aci",
-    env={
-        "PREFECT_API_URL": "http://prefect:4200/api",
-        "PREFECT__FLOW_RUN_ID": RUN_ID,
-        "PREFECT_API_KEY": SECRET,
-    },
-    labels={"prefect.io/flow-run-id": RUN_ID, "prefect.io/flow-name": "Nightly ETL"},
 )
 KIND = AciKind()
 REQUIRED = {
@@ -35,17 +27,6 @@ REQUIRED = {
     "subscription_id": "sub-1234",
     "resource_group_name": "flows",
 }
-
-
-def check_golden(name: str, payload: dict[str, Any]) -> None:
-    """Compare with tests/golden/aci/<name>.json; UPDATE_GOLDEN=1 (re)writes it."""
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(payload, indent=2) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}; run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(encoding="utf-8")
 
 
 def template() -> dict[str, Any]:
@@ -64,9 +45,7 @@ def from_block(**data: Any) -> Any:
 
 
 def render(config: Any) -> dict[str, Any]:
-    payload = KIND.build_payload(config, CTX)
-    json.dumps(payload)  # JSON-serialisable
-    return apply_customizations(payload, KIND.customizations(config), field="customizations", source=SOURCE)
+    return render_payload(KIND, config, CTX, field="customizations", source=SOURCE)
 
 
 def container(payload: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +80,7 @@ class TestFromPool:
         assert isinstance(config, AciConfig)
         assert (config.cpu, config.memory, config.task_start_timeout_seconds) == (2, 4, 240)
         assert config.stream_output is False and config.keep_container_group is False
-        check_golden("pool_stock", render(config))
+        assert_golden("aci", "pool_stock", render(config))
 
     def test_everything_set_and_customized(self) -> None:
         tpl = template()
@@ -127,7 +106,7 @@ class TestFromPool:
         assert env["DB_PASSWORD"] == {"name": "DB_PASSWORD", "secureValue": "hunter2"}
         assert "secureValue" in env["PREFECT_API_AUTH_STRING"] and "secureValue" in env["PREFECT_API_KEY"]
         assert payload["container_group"]["location"] == "westeurope"
-        check_golden("pool_customized", payload)
+        assert_golden("aci", "pool_customized", payload)
 
     def test_acr_managed_identity(self) -> None:
         registry = {"registry_url": "me.azurecr.io", "identity": "/id/pull"}
@@ -165,7 +144,7 @@ class TestFromBlock:
     def test_prefect2_defaults(self) -> None:
         config = from_block(stream_output=None, identities=None, unknown_field=1)
         assert (config.cpu, config.memory, config.entrypoint) == (1.0, 1.0, "/opt/prefect/entrypoint.sh")
-        check_golden("block_default", render(config))
+        assert_golden("aci", "block_default", render(config))
 
     def test_full_block(self) -> None:
         config = from_block(
@@ -189,7 +168,7 @@ class TestFromBlock:
         assert config.aci_credentials.client_secret is not None
         assert config.aci_credentials.client_secret.get_secret_value() == "hunter2"
         assert "hunter2" not in repr(config) and "sub-1234" not in repr(config)
-        check_golden("block_full", render(config))
+        assert_golden("aci", "block_full", render(config))
 
 
 class TestBadInput:

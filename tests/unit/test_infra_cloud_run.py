@@ -7,62 +7,37 @@ and review the diff before committing.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.cloud_run import CloudRunConfig, CloudRunKind
-from agent.infra.patch import apply_customizations
 from agent.infra.spec import RunContext
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "cloud-run"
 SOURCE = "deployment 'etl/daily'"
 RUN_ID = "0c5b6a4e-1111-4222-8333-444455556666"
 SECRET = "pnu_secret"
 KEY_SECRET = "-----BEGIN PRIVATE KEY-----do-not-print"
-CTX = RunContext(
-    flow_run_id=RUN_ID,
-    flow_run_name="crimson-fox",
+CTX = run_context(
+    RUN_ID,
+    api_url="https://api.example/api",
+    api_key=SECRET,
+    labels={"prefect.io/flow-run-name": "crimson-fox", "prefect.io/flow-name": "ETL Flow"},
     flow_id="f1d2e3c4-0000-4000-8000-000000000001",
     deployment_id="d1d2e3c4-0000-4000-8000-000000000002",
     deployment_name="daily",
     work_pool_name="prod pool",
     worker_name="agent-1",
-    env={
-        "PREFECT_API_URL": "https://api.example/api",
-        "PREFECT__FLOW_RUN_ID": RUN_ID,
-        "PREFECT_API_KEY": SECRET,
-    },
-    labels={
-        "prefect.io/flow-run-id": RUN_ID,
-        "prefect.io/flow-run-name": "crimson-fox",
-        "prefect.io/flow-name": "ETL Flow",
-    },
 )
 CREDS = {"service_account_info": {"project_id": "acme-prod", "private_key": KEY_SECRET}}
 KIND = CloudRunKind()
 
 
-def assert_golden(name: str, payload: dict[str, Any]) -> None:
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(payload, indent=2) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}; run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs; UPDATE_GOLDEN=1 and review the diff"
-
-
 def final(config: CloudRunConfig, ctx: RunContext = CTX) -> dict[str, Any]:
     """What the backend would send: the payload, then the customizations."""
-    payload = KIND.build_payload(config, ctx)
-    json.dumps(payload)  # JSON-serialisable or this raises
-    ops = KIND.customizations(config)
-    result: dict[str, Any] = apply_customizations(payload, ops, field=config.customizations_field, source="t")
-    return result
+    return render_payload(KIND, config, ctx, field=config.customizations_field, source="t")
 
 
 def from_pool(pool_type: str, dep: dict[str, Any] | None = None, **template_extra: Any) -> CloudRunConfig:
@@ -123,7 +98,7 @@ class TestV2Pool:
         payload = final(config)
         assert payload["parent"] == "projects/acme-prod/locations/us-central1"
         assert payload["job_id"] == final(config)["job_id"]  # the same run gets the same name
-        assert_golden("v2-default", payload)
+        assert_golden("cloud-run", "v2-default", payload)
 
     def test_every_variable(self) -> None:
         dep = {
@@ -149,7 +124,7 @@ class TestV2Pool:
         container = payload["job"]["template"]["template"]["containers"][0]
         assert env_names(container).count("PREFECT_API_KEY") == 1 and SECRET not in json.dumps(payload)
         assert payload["job_id"].startswith("nightly-etl-")
-        assert_golden("v2-every-variable", payload)
+        assert_golden("cloud-run", "v2-every-variable", payload)
 
     def test_customizations_address_the_job_body(self) -> None:
         ops = [
@@ -189,7 +164,7 @@ class TestV1Pool:
             payload["parent"] == "namespaces/acme"
             and payload["endpoint"] == "https://us-central1-run.googleapis.com"
         )
-        assert_golden("v1-default", payload)
+        assert_golden("cloud-run", "v1-default", payload)
 
     def test_secrets_use_value_from(self) -> None:
         dep = {"credentials": {"project": "acme"}, "prefect_api_key_secret": {"secret": "k", "version": "2"}}
@@ -209,7 +184,7 @@ class TestBlock:
         )
         payload = final(config)
         assert payload["job"]["metadata"]["name"].startswith("flows-")  # CloudRunJob: third part of the image
-        assert_golden("block", payload)
+        assert_golden("cloud-run", "block", payload)
         assert KEY_SECRET not in repr(config) and KEY_SECRET not in json.dumps(payload)
 
     def test_service_account_info_as_json_string(self) -> None:

@@ -7,63 +7,41 @@ review the diff before committing.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.ecs import EcsConfig, EcsKind
-from agent.infra.patch import apply_customizations
 from agent.infra.spec import RunContext
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "ecs"
 SOURCE = "deployment 'etl/daily'"
 RUN_ID = "0c5b6a4e-1111-4222-8333-444455556666"
 SECRET = "pnu_secret"
 AWS_SECRET = "aws-secret-key-do-not-print"
-CTX = RunContext(
-    flow_run_id=RUN_ID,
-    flow_run_name="crimson-fox",
+CTX = run_context(
+    RUN_ID,
+    api_url="https://api.example/api",
+    api_key=SECRET,
+    labels={
+        "prefect.io/flow-run-name": "crimson-fox",
+        "prefect.io/flow-name": "ETL Flow",
+        "prefect.io/deployment-name": "daily",
+    },
     flow_id="f1d2e3c4-0000-4000-8000-000000000001",
     deployment_id="d1d2e3c4-0000-4000-8000-000000000002",
     deployment_name="daily",
     work_pool_name="prod pool",
     worker_name="agent-1",
-    env={
-        "PREFECT_API_URL": "https://api.example/api",
-        "PREFECT__FLOW_RUN_ID": RUN_ID,
-        "PREFECT_API_KEY": SECRET,
-    },
-    labels={
-        "prefect.io/flow-run-id": RUN_ID,
-        "prefect.io/flow-run-name": "crimson-fox",
-        "prefect.io/flow-name": "ETL Flow",
-        "prefect.io/deployment-name": "daily",
-    },
 )
 CREDS = {"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": AWS_SECRET, "region_name": "eu-west-1"}
 KIND = EcsKind()
 
 
-def assert_golden(name: str, payload: dict[str, Any]) -> None:
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(payload, indent=2) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}; run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs; UPDATE_GOLDEN=1 and review the diff"
-
-
 def final(config: EcsConfig, ctx: RunContext = CTX) -> dict[str, Any]:
     """What the backend would send: the payload, then the customizations."""
-    payload = KIND.build_payload(config, ctx)
-    json.dumps(payload)  # JSON-serialisable or this raises
-    ops = KIND.customizations(config)
-    result: dict[str, Any] = apply_customizations(payload, ops, field=config.customizations_field, source="t")
-    return result
+    return render_payload(KIND, config, ctx, field=config.customizations_field, source="t")
 
 
 def from_pool(
@@ -120,7 +98,7 @@ class TestKind:
 class TestFromPool:
     def test_stock_template(self) -> None:
         config = from_pool({"image": "registry/flows:1", "env": {"TEAM": "data"}})
-        assert_golden("pool-default", final(config))
+        assert_golden("ecs", "pool-default", final(config))
 
     def test_every_variable(self) -> None:
         dep = {
@@ -143,7 +121,7 @@ class TestFromPool:
         }
         config = from_pool(dep, {"env": {"RUN": "1"}})
         payload = final(config)
-        assert_golden("pool-every-variable", payload)
+        assert_golden("ecs", "pool-every-variable", payload)
         assert "PREFECT_API_KEY" not in env_of(payload["run_task"])  # comes from the secret ARN
         assert AWS_SECRET not in json.dumps(payload) and AWS_SECRET not in repr(config)
 
@@ -152,7 +130,7 @@ class TestFromPool:
         payload = final(config)
         assert payload["task_definition"] is None
         assert payload["run_task"]["taskDefinition"] == "arn:aws:ecs:eu-west-1:1:task-definition/etl:3"
-        assert_golden("pool-task-definition-arn", payload)
+        assert_golden("ecs", "pool-task-definition-arn", payload)
 
     def test_ec2_without_awsvpc_has_no_network_configuration(self) -> None:
         run_task = final(from_pool({"image": "i", "launch_type": "EC2"}))["run_task"]
@@ -181,7 +159,7 @@ class TestFromPool:
         config = from_pool({"image": "i", "customizations": ops}, customizations="{{ customizations }}")
         payload = final(config)
         assert payload["task_definition"]["ephemeralStorage"] == {"sizeInGiB": 50}
-        assert_golden("pool-customized", payload)
+        assert_golden("ecs", "pool-customized", payload)
 
     def test_unused_pool_fields_keep_defaults(self) -> None:
         config = from_pool({"image": "i"})
@@ -206,7 +184,7 @@ class TestFromBlock:
         payload = final(config)
         assert payload["task_definition"]["cpu"] == "1024" and payload["task_definition"]["memory"] == "2048"
         assert payload["task_definition"]["family"] == "prefect__etl-flow__daily"
-        assert_golden("block-default", payload)
+        assert_golden("ecs", "block-default", payload)
         assert AWS_SECRET not in repr(config) and AWS_SECRET not in json.dumps(payload)
         assert AWS_SECRET not in json.dumps(config.model_dump())
         assert config.aws_credentials == CREDS  # kept for the backend
@@ -223,7 +201,7 @@ class TestFromBlock:
                 "securityGroups": ["sg-0123"],
             }
         }
-        assert_golden("block-customized", payload)
+        assert_golden("ecs", "block-customized", payload)
 
     @pytest.mark.parametrize("op", NETWORK_OPS, ids=["subnets", "security-groups", "public-ip"])
     def test_each_network_case_alone_without_vpc(self, op: dict[str, Any]) -> None:
@@ -242,7 +220,7 @@ class TestFromBlock:
         }
         payload = final(KIND.config_from_block(data, source="b"))
         assert payload["task_definition"] is None
-        assert_golden("block-ec2-arn", payload)
+        assert_golden("ecs", "block-ec2-arn", payload)
 
     def test_customization_failure_names_the_operation(self) -> None:
         data = {**self.BLOCK, "task_customizations": [{"op": "replace", "path": "/nope/x", "value": SECRET}]}

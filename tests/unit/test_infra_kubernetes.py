@@ -3,46 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.kubernetes import KubernetesConfig, KubernetesKind
-from agent.infra.patch import apply_customizations
-from agent.infra.spec import RunContext
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "kubernetes"
 SOURCE = "deployment 'etl/daily'"
 SECRET = "pnu_secret"
 RUN_ID = "0b1c6a1e-1b7e-4c1e-9a2b-7f6c0d7e8f90"
-CTX = RunContext(
-    flow_run_id=RUN_ID,
-    flow_run_name="crimson-fox",
+CTX = run_context(
+    RUN_ID,
+    api_url="http://prefect:4200/api",
+    api_key=SECRET,
+    labels={"prefect.io/flow-run-name": "crimson-fox"},
     flow_id="5f0c2d7e-0000-4000-8000-000000000001",
     deployment_id="5f0c2d7e-0000-4000-8000-000000000002",
     work_pool_name="k8s",
-    env={
-        "PREFECT_API_URL": "http://prefect:4200/api",
-        "PREFECT__FLOW_RUN_ID": RUN_ID,
-        "PREFECT_API_KEY": SECRET,
-    },
-    labels={"prefect.io/flow-run-id": RUN_ID, "prefect.io/flow-run-name": "crimson-fox"},
 )
 KIND = KubernetesKind()
-
-
-def check_golden(name: str, payload: dict[str, Any]) -> None:
-    """Compare with tests/golden/kubernetes/<name>.json; UPDATE_GOLDEN=1 (re)writes it."""
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(payload, indent=2) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}; run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(encoding="utf-8")
 
 
 def from_pool(
@@ -54,9 +35,7 @@ def from_pool(
 
 
 def render(config: Any) -> dict[str, Any]:
-    payload = KIND.build_payload(config, CTX)
-    json.dumps(payload)  # JSON-serialisable
-    return apply_customizations(payload, KIND.customizations(config), field="customizations", source=SOURCE)
+    return render_payload(KIND, config, CTX, field="customizations", source=SOURCE)
 
 
 def error(call: Any, *args: Any, **kwargs: Any) -> InfraError:
@@ -105,7 +84,7 @@ class TestFromPool:
         )
         assert isinstance(config, KubernetesConfig)
         assert config.namespace == "default" and config.pod_watch_timeout_seconds == 60
-        check_golden("pool_stock", render(config))
+        assert_golden("kubernetes", "pool_stock", render(config))
 
     def test_customizations_apply_to_the_job_manifest(self) -> None:
         ops = [
@@ -126,7 +105,7 @@ class TestFromPool:
             template=customizable_template(),
         )
         assert KIND.customizations(config)[0]["path"] == "/job/spec/template/spec/nodeSelector"
-        check_golden("pool_customized", render(config))
+        assert_golden("kubernetes", "pool_customized", render(config))
 
     def test_hard_coded_value_from_env_is_kept_after_ours(self) -> None:
         template = default_base_job_template("kubernetes")
@@ -204,7 +183,7 @@ class TestFromBlock:
         )
         assert config.namespace == "default" and config.pod_watch_timeout_seconds == 60
         assert config.job_watch_timeout_seconds is None and config.finished_job_ttl is None
-        check_golden("block_default", render(config))
+        assert_golden("kubernetes", "block_default", render(config))
 
     def test_shortcuts_then_customizations(self) -> None:
         data = {
@@ -234,7 +213,7 @@ class TestFromBlock:
         assert SECRET not in repr(config)
         payload = render(config)
         assert payload["namespace"] == payload["job"]["metadata"]["namespace"] == "prefect"
-        check_golden("block_customized", payload)
+        assert_golden("kubernetes", "block_customized", payload)
 
     def test_manifest_namespace_is_the_fallback(self) -> None:
         job = {
