@@ -180,7 +180,9 @@ def _task_definition(config: EcsConfig, ctx: RunContext) -> dict[str, Any]:
 
 def _log_configuration(config: EcsConfig, ctx: RunContext) -> dict[str, Any]:
     if config.origin == "block":
-        prefix = config.name or ctx.flow_run_name or DEFAULT_FAMILY
+        # Prefect 2 used the flow run's name here, which put a per-run value into the task
+        # definition and registered a new revision for every run; the deployment is stable.
+        prefix = config.name or ctx.deployment_name or ctx.flow_id or DEFAULT_FAMILY
     else:
         prefix = config.cloudwatch_logs_prefix or (
             f"prefect-logs_{ctx.work_pool_name}_{ctx.deployment_id or ctx.flow_id}"

@@ -189,6 +189,26 @@ class TestFromBlock:
         assert AWS_SECRET not in json.dumps(config.model_dump())
         assert config.aws_credentials == CREDS  # kept for the backend
 
+    def test_cloudwatch_logs_keep_the_task_definition_the_same_for_every_run(self) -> None:
+        # a per-run value in the task definition would register a revision per run
+        data = {**self.BLOCK, "configure_cloudwatch_logs": True, "execution_role_arn": "arn:role"}
+        config = KIND.config_from_block(data, source="b")
+        other_run = run_context(
+            "9c5b6a4e-1111-4222-8333-444455556666",
+            api_url="https://api.example/api",
+            api_key=SECRET,
+            flow_run_name="amber-owl",
+            labels={"prefect.io/flow-run-name": "amber-owl"},
+            flow_id=CTX.flow_id,
+            deployment_id=CTX.deployment_id,
+            deployment_name="daily",
+            work_pool_name="prod pool",
+        )
+        first, second = final(config)["task_definition"], final(config, other_run)["task_definition"]
+        assert first == second
+        options = first["containerDefinitions"][0]["logConfiguration"]["options"]
+        assert options["awslogs-stream-prefix"] == "daily"
+
     @pytest.mark.parametrize("as_string", [False, True])
     def test_announcement_network_customizations(self, as_string: bool) -> None:
         ops: Any = json.dumps(NETWORK_OPS) if as_string else NETWORK_OPS
