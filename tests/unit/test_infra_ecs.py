@@ -198,7 +198,7 @@ class TestFromBlock:
             api_url="https://api.example/api",
             api_key=SECRET,
             flow_run_name="amber-owl",
-            labels={"prefect.io/flow-run-name": "amber-owl"},
+            labels={**CTX.labels, "prefect.io/flow-run-name": "amber-owl"},
             flow_id=CTX.flow_id,
             deployment_id=CTX.deployment_id,
             deployment_name="daily",
