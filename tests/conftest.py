@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,3 +89,16 @@ def start_agent(
         for agent in agents:
             print(agent.describe())
         print(f"--- prefect server log tail\n{prefect_server.log_tail(30)}")
+
+
+@pytest.fixture(scope="session")
+def registered(api: PrefectAPI) -> None:
+    """The five infrastructure block types, registered once with `flow-agent blocks register`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "blocks", "register"],
+        env={"PREFECT_API_URL": api.api_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr

@@ -12,8 +12,6 @@ definition; and the agent runs of one deployment below share one.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import anyio
@@ -100,18 +98,6 @@ def test_a_pool_run_carries_the_network_customizations_and_completes(
     wait_for(lambda: moto.task(arn).last_status == "STOPPED", 10)
     final = api.wait_for_state(run["id"], "COMPLETED", "CRASHED", timeout=30)
     assert state_type(final) == "COMPLETED", state_message(final)
-
-
-@pytest.fixture(scope="module")
-def registered(api: PrefectAPI) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "blocks", "register"],
-        env={"PREFECT_API_URL": api.api_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_a_block_run_discovers_the_default_vpc_and_reports_exit_1(

@@ -16,18 +16,6 @@ pytestmark = pytest.mark.integration
 SECRET = "s3cr3t-value-for-flow-agent"
 
 
-@pytest.fixture(scope="module")
-def registered(api: PrefectAPI) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "blocks", "register"],
-        env={"PREFECT_API_URL": api.api_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def _deployment(api: PrefectAPI, pool: str, name: str, **fields: Any) -> str:
     # deployments upsert by flow and name: one per pool, or tests would share them
     body = {

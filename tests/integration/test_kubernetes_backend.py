@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,18 +162,6 @@ def test_the_watch_resumes_after_410_gone(
     final = api.wait_for_state(run, "CRASHED", timeout=30)
     assert "exit code 3" in state_message(final)
     assert lists() > before  # it listed again instead of giving up
-
-
-@pytest.fixture(scope="module")
-def registered(api: PrefectAPI) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "blocks", "register"],
-        env={"PREFECT_API_URL": api.api_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_a_kubernetes_job_block_launches_and_its_ttl_keeps_the_finished_job(
