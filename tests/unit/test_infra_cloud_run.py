@@ -141,6 +141,7 @@ class TestV2Pool:
         )
         payload = final(config)
         assert payload["job"]["template"]["template"]["executionEnvironment"] == "EXECUTION_ENVIRONMENT_GEN2"
+        assert_golden("cloud-run", "v2-customized", payload)
 
     def test_env_none_unsets_and_secret_only_in_env(self) -> None:
         payload = final(from_pool("cloud-run-v2", {"credentials": CREDS, "env": {"PREFECT_API_URL": None}}))
