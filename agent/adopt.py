@@ -68,7 +68,10 @@ async def adopt_remote_runs(
     jobs: JobBuilder,
 ) -> int:
     """Start watching every adoptable run; how many were adopted."""
-    if not any(getattr(b, "remote", False) for b in backends.values()):
+    remote_pool = any(
+        Kinds.kind_of_pool_type(pools.get(name).type) not in (None, "process") for name in pools.names
+    )
+    if not remote_pool:  # only pools of remote kinds can have runs to adopt
         return 0
     try:
         candidates = await _unfinished_runs(api, pools.names)

@@ -18,7 +18,7 @@ from agent.adopt import adopt_remote_runs
 from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient, TransientError
 from agent.audit import StartAudit
-from agent.backends import BackendOptions, load_backends
+from agent.backends import BackendOptions, Backends, load_backends
 from agent.backends.base import Backend
 from agent.deployments import DeploymentCache
 from agent.events import EventStream
@@ -68,7 +68,7 @@ class Agent:
         self.api = api
         self.metrics = metrics
         self.notifier = notifier
-        self.backends: dict[str, Backend] = load_backends(
+        self.backends: Backends = load_backends(
             BackendOptions(
                 watch_interval=settings.watch_interval,
                 gcp_endpoint=settings.gcp_endpoint,
@@ -243,7 +243,7 @@ async def serve(
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await shipper.flush()
-            for backend in agent.backends.values():
+            for backend in agent.backends.built():
                 await backend.aclose()
             await api.aclose()
     log.info("flow-agent stopped", status=status)
