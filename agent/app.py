@@ -2,7 +2,8 @@
 
 Stage one (first SIGTERM/SIGINT): stop claiming, let launches in progress finish and be
 reported, let running runs go on for `shutdown_grace`. Stage two (second signal or the
-grace expiring): kill what still runs and report it. A third signal exits at once.
+grace expiring): kill the local processes still running and report them; remote workloads
+keep running and the next agent adopts them. A third signal exits at once.
 """
 
 from __future__ import annotations
