@@ -67,15 +67,26 @@ def _gone(fake: AciFake, *names: str) -> None:
     wait_for(lambda: not set(names) & set(fake.list_groups()), 20, message=f"groups {names} deleted")
 
 
-def test_pool_runs_end_truthfully_and_leave_nothing_behind(
-    api: PrefectAPI, pool: str, start_agent, fake: AciFake
-) -> None:
+def _pool_deployment(api: PrefectAPI, pool: str, name: str, variables: dict[str, Any]) -> str:
+    """An ACI pool with Prefect's default template, and a deployment on it."""
     template = json.loads(TEMPLATE.read_text())
     api.request(
         "POST",
         "/work_pools/",
         json={"name": pool, "type": "azure-container-instance", "base_job_template": template},
     )
+    body = {
+        "name": f"{pool}-{name}",
+        "flow_id": api.create_flow("aci-flow"),
+        "work_pool_name": pool,
+        "job_variables": variables,
+    }
+    return api.request("POST", "/deployments/", json=body).json()["id"]
+
+
+def test_pool_runs_end_truthfully_and_leave_nothing_behind(
+    api: PrefectAPI, pool: str, start_agent, fake: AciFake
+) -> None:
     variables = {
         "image": "registry.example/flows:1",
         "resource_group_name": "rg-agents",
@@ -89,13 +100,7 @@ def test_pool_runs_end_truthfully_and_leave_nothing_behind(
         "aci_credentials": {"credential_kwargs": _credential_kwargs(fake)},
         "env": {"GREETING": "hello"},
     }  # fmt: skip
-    body = {
-        "name": f"{pool}-aci",
-        "flow_id": api.create_flow("aci-flow"),
-        "work_pool_name": pool,
-        "job_variables": variables,
-    }
-    deployment = api.request("POST", "/deployments/", json=body).json()["id"]
+    deployment = _pool_deployment(api, pool, "aci", variables)
 
     def run(scenario: str = "") -> str:
         env = {"GREETING": "hello", **({SCENARIO_ENV: scenario} if scenario else {})}
@@ -190,12 +195,6 @@ def test_a_stopped_agent_leaves_the_run_and_the_next_one_adopts_it(
     api: PrefectAPI, pool: str, start_agent, fake: AciFake
 ) -> None:
     # Stage two of shutdown leaves remote workloads running; the next agent watches them.
-    template = json.loads(TEMPLATE.read_text())
-    api.request(
-        "POST",
-        "/work_pools/",
-        json={"name": pool, "type": "azure-container-instance", "base_job_template": template},
-    )
     variables = {
         "image": "registry.example/flows:1",
         "resource_group_name": "rg-agents",
@@ -203,13 +202,7 @@ def test_a_stopped_agent_leaves_the_run_and_the_next_one_adopts_it(
         "location": "westeurope",
         "aci_credentials": {"credential_kwargs": _credential_kwargs(fake)},
     }
-    body = {
-        "name": f"{pool}-restart",
-        "flow_id": api.create_flow("aci-flow"),
-        "work_pool_name": pool,
-        "job_variables": variables,
-    }
-    deployment = api.request("POST", "/deployments/", json=body).json()["id"]
+    deployment = _pool_deployment(api, pool, "restart", variables)
     run_id = api.create_flow_run(deployment)["id"]
 
     first = start_agent(pool, env={**_agent_env(fake), "FLOW_AGENT_SHUTDOWN_GRACE": "1"})
