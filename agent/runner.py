@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -97,20 +97,28 @@ class Runner:
         """Take a claimed run to its end. Never raises (except cancellation)."""
         log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
         entry = _InFlight(run)
-        self._in_flight[run.id] = entry
+        with self._tracking(entry, release):
+            try:
+                await self._execute(entry, pool, log)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
+                log.exception("flow-agent failed while handling this run")
+                with contextlib.suppress(Exception):
+                    await self._crash(run.id, f"flow-agent failed while handling this run: {exc}")
+
+    @contextlib.contextmanager
+    def _tracking(self, entry: _InFlight, release: Callable[[], None]) -> Iterator[None]:
+        """The run is in flight (watched for cancellation, counted, keeps the agent busy)
+        until the block ends; then its slot goes back."""
+        self._in_flight[entry.run.id] = entry
         self._metrics.set_in_flight(len(self._in_flight))
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:
-            await self._execute(entry, pool, log)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
-            log.exception("flow-agent failed while handling this run")
-            with contextlib.suppress(Exception):
-                await self._crash(run.id, f"flow-agent failed while handling this run: {exc}")
+            yield
         finally:
             entry.launched.set()
-            self._in_flight.pop(run.id, None)
+            self._in_flight.pop(entry.run.id, None)
             self._metrics.set_in_flight(len(self._in_flight))
             release()
             if not self._in_flight:
@@ -180,21 +188,15 @@ class Runner:
         log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
         entry = _InFlight(run, backend, handle)
         entry.launched.set()
-        self._in_flight[run.id] = entry
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         log.info("watching a run launched before this agent started", infrastructure_pid=handle.pid)
-        try:
-            outcome = await backend.wait(handle)
-            await self._report(entry, outcome, log)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
-            log.warning("could not watch the adopted run", error=str(exc))
-        finally:
-            self._in_flight.pop(run.id, None)
-            release()
-            if not self._in_flight:
-                self._idle.set()
+        with self._tracking(entry, release):
+            try:
+                outcome = await backend.wait(handle)
+                await self._report(entry, outcome, log)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad run must never stop the agent
+                log.warning("could not watch the adopted run", error=str(exc))
 
     def watching(self, run_id: str) -> bool:
         return run_id in self._in_flight
