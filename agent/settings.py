@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from agent.api.retry import RetryPolicy
+from agent.retry import RetryPolicy
 
 __all__ = ["Settings", "default_data_dir"]
 

@@ -1,9 +1,8 @@
-"""The Prefect REST API: client, wire models, error classification and the retry policy."""
+"""The Prefect REST API: client, wire models and error classification."""
 
 from agent.api.client import ClaimResult, PrefectClient, auth_headers
 from agent.api.errors import ApiError, AuthError, Conflict, NotFound, TransientError
 from agent.api.models import Deployment, FlowRun, ScheduledRun, StateType, WorkPool
-from agent.api.retry import RetryPolicy
 
 __all__ = [
     "ApiError",
@@ -14,7 +13,6 @@ __all__ = [
     "FlowRun",
     "NotFound",
     "PrefectClient",
-    "RetryPolicy",
     "ScheduledRun",
     "StateType",
     "TransientError",

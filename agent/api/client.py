@@ -27,9 +27,9 @@ from agent.api.models import (
     StateType,
     WorkPool,
 )
-from agent.api.retry import RetryPolicy
+from agent.retry import RetryPolicy
 
-if TYPE_CHECKING:  # settings imports api.retry: no import at run time, no cycle
+if TYPE_CHECKING:
     from agent.settings import Settings
 
 __all__ = ["ClaimResult", "PrefectClient", "auth_headers"]

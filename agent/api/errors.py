@@ -11,6 +11,8 @@ import time
 
 import httpx
 
+from agent.retry import Retryable
+
 __all__ = [
     "ApiError",
     "AuthError",
@@ -35,7 +37,7 @@ class ApiError(Exception):
         self.detail = detail
 
 
-class TransientError(ApiError):
+class TransientError(ApiError, Retryable):
     """Worth retrying: the same request may succeed later."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from agent.outcome import Outcome
+from agent.retry import Retryable
 
 __all__ = [
     "Backend",
@@ -67,7 +68,7 @@ class LaunchError(BackendError):
     """The job cannot be launched as configured: fail this run, do not retry."""
 
 
-class BackendUnavailable(BackendError):
+class BackendUnavailable(BackendError, Retryable):
     """The platform could not be reached or throttled us: the operation may be retried.
 
     Retry with the agent's one policy: `RetryPolicy.call(op, retry_on=(BackendUnavailable,))`;

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from agent.api.client import PrefectClient
 from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
-from agent.cli_blocks import blocks_app, deployment_app
+from agent.cli.blocks import blocks_app, deployment_app
 from agent.infra import InfraError
 from agent.infra.legacy import apply_overrides, load_infrastructure_block
 

@@ -20,9 +20,9 @@ from support.server import PrefectServer
 from typer.testing import CliRunner
 
 from agent.api.client import PrefectClient
-from agent.api.retry import RetryPolicy
-from agent.cli_runs import flow_runs_app, run_command
+from agent.cli.runs import flow_runs_app, run_command
 from agent.orchestrate import DeploymentNotFound, arun_deployment, run_deployment
+from agent.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import anyio
 import pytest
 
 from agent.observe.logging import Redactor
+from agent.runtime.slots import Slots
 from agent.settings import Settings
-from agent.slots import Slots
 
 
 def test_slots_never_exceed_the_limit() -> None:

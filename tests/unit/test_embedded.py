@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import embedded
-from agent.embedded import ServerExtraMissing, embedded_server, free_port, port_is_free
+from agent.cli import embedded
+from agent.cli.embedded import ServerExtraMissing, embedded_server, free_port, port_is_free
 
 
 @pytest.fixture

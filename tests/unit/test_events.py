@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.events import CANCELLING, SCHEDULED, events_url, subscription
+from agent.runtime.events import CANCELLING, SCHEDULED, events_url, subscription
 
 
 def test_events_url_follows_the_api_scheme() -> None:

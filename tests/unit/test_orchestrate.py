@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.api.models import StateType
-from agent.cli_runs import ui_url
+from agent.cli.runs import ui_url
 from agent.orchestrate import (
     RunFilter,
     RunInfo,

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from agent.api.errors import AuthError, TransientError, classify_exception, classify_response
-from agent.api.retry import RetryPolicy, backoff_delay
+from agent.retry import RetryPolicy, backoff_delay
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:

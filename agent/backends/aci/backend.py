@@ -26,7 +26,6 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 from azure.core.exceptions import HttpResponseError
 
-from agent.api.retry import RetryPolicy
 from agent.backends import BackendOptions
 from agent.backends.aci.azure import AzureClients, GroupRef, to_backend_error
 from agent.backends.aci.status import observe, start_failure
@@ -40,6 +39,7 @@ from agent.backends.base import (
 )
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
+from agent.retry import RetryPolicy
 
 __all__ = ["AciBackend"]
 

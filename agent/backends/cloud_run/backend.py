@@ -38,13 +38,13 @@ from typing import Any, ClassVar, Final, TypeVar
 import anyio
 from anyio import to_thread
 
-from agent.api.retry import RetryPolicy
 from agent.backends.base import BackendUnavailable, Handle, InfrastructureNotFound, Job, LaunchError
 from agent.backends.cloud_run.client import ClientCache, Clients, call
 from agent.backends.cloud_run.spec import JobSpec, job_spec
 from agent.backends.cloud_run.status import condition_message, has_time, outcome_of, started
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
+from agent.retry import RetryPolicy
 
 __all__ = ["CloudRunBackend"]
 

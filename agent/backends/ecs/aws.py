@@ -24,8 +24,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from agent.api.retry import RetryPolicy
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
+from agent.retry import RetryPolicy
 
 __all__ = ["Aws", "AwsClients", "NOT_FOUND", "call", "retried", "translate"]
 

@@ -26,10 +26,10 @@ from typing import Any, Final
 
 import anyio
 
-from agent.api.retry import RetryPolicy
 from agent.backends.base import BackendError, BackendUnavailable
 from agent.backends.ecs.aws import Aws, call
 from agent.observe.logging import get_logger
+from agent.retry import RetryPolicy
 
 __all__ = ["HASH_TAG", "TaskDefinitions", "digest", "normalise"]
 

@@ -19,11 +19,11 @@ from typing import Any, Final
 
 import anyio
 
-from agent.api.retry import backoff_delay
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.ecs.aws import Aws, call
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
+from agent.retry import backoff_delay
 
 __all__ = ["KILL_REASON", "START_REASON", "Watched", "Watcher", "task_outcome"]
 

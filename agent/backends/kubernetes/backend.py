@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import anyio
 import anyio.to_thread
 
-from agent.api.retry import RetryPolicy
 from agent.backends import BackendOptions
 from agent.backends.base import (
     BackendError,
@@ -43,6 +42,7 @@ from agent.backends.kubernetes.status import (
 )
 from agent.backends.kubernetes.watch import NamespaceWatch
 from agent.outcome import Outcome, Reason
+from agent.retry import RetryPolicy
 
 __all__ = ["KubernetesBackend"]
 

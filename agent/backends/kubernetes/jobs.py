@@ -14,12 +14,12 @@ from typing import Any, Final
 import anyio
 import anyio.to_thread
 
-from agent.api.retry import RetryPolicy
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
 from agent.backends.kubernetes.cluster import ApiException, Cluster, api_error
 from agent.backends.kubernetes.status import newest_pod, outcome_from_pod
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
+from agent.retry import RetryPolicy
 
 __all__ = ["JOBS", "JobsApi", "Tracked", "killed", "name_for", "split_pid"]
 

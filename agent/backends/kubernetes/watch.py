@@ -20,9 +20,9 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from agent.api.retry import backoff_delay
 from agent.backends.kubernetes.cluster import Cluster, Gone, api_error
 from agent.observe.logging import get_logger
+from agent.retry import backoff_delay
 
 __all__ = ["SELECTOR", "NamespaceWatch"]
 

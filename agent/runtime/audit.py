@@ -19,7 +19,7 @@ from agent.observe.logging import get_logger
 
 __all__ = ["StartAudit"]
 
-log = get_logger("agent.audit")
+log = get_logger("agent.runtime.audit")
 
 NEVER_STARTED = (
     "The infrastructure exited with code 0 but the flow run never started: the command did not "

@@ -1,8 +1,8 @@
-"""`flow-agent run` (`flow-agent flow-runs ls|delete|cancel` lives in `agent.cli_flow_runs`).
+"""`flow-agent run` (`flow-agent flow-runs ls|delete|cancel` lives in `agent.cli.flow_runs`).
 
 Mounted by `agent/cli.py`:
 
-    from agent.cli_runs import flow_runs_app, run_command
+    from agent.cli.runs import flow_runs_app, run_command
     app.command("run")(run_command)
     app.add_typer(flow_runs_app, name="flow-runs")
 
@@ -30,8 +30,8 @@ from rich.live import Live
 from rich.text import Text
 
 from agent.api.client import PrefectClient
-from agent.cli_common import bad, err, out, run_with_client, state_text, when
-from agent.cli_flow_runs import flow_runs_app
+from agent.cli.common import bad, err, out, run_with_client, state_text, when
+from agent.cli.flow_runs import flow_runs_app
 from agent.orchestrate.api import RunInfo
 from agent.orchestrate.parse import exit_code_for, parse_assignments, parse_start
 from agent.orchestrate.trigger import arun_deployment

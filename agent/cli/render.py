@@ -14,8 +14,8 @@ from typing import Any
 from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
 from agent.api.blocks import read_deployment_by_name
 from agent.infra.templating import InfraError
-from agent.jobs import JobBuilder
 from agent.observe.logging import Redactor
+from agent.runtime.jobs import JobBuilder
 from agent.settings import Settings
 
 __all__ = ["RenderError", "render", "summary"]

@@ -15,12 +15,12 @@ from typing import Any
 
 import anyio
 
-from agent.api.retry import backoff_delay
 from agent.observe.logging import get_logger
+from agent.retry import backoff_delay
 
 __all__ = ["EventStream", "events_url"]
 
-log = get_logger("agent.events")
+log = get_logger("agent.runtime.events")
 
 SCHEDULED = "prefect.flow-run.Scheduled"
 CANCELLING = "prefect.flow-run.Cancelling"

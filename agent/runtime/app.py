@@ -15,31 +15,31 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskGroup
 
-from agent.adopt import adopt_remote_runs
 from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient, TransientError
-from agent.audit import StartAudit
 from agent.backends import BackendOptions, Backends, load_backends
 from agent.backends.base import Backend
-from agent.deployments import DeploymentCache
-from agent.events import EventStream
 from agent.infra.kinds import Kinds
-from agent.jobs import JobBuilder
 from agent.observe.health import HealthState, serve_health
 from agent.observe.logging import REDACTOR, get_logger, set_log_sink
 from agent.observe.metrics import Metrics
 from agent.observe.sdnotify import SystemdNotifier
 from agent.observe.shipper import LogShipper
-from agent.poller import Poller
-from agent.pools import PoolError, Pools
-from agent.runner import Runner
+from agent.runtime.adopt import adopt_remote_runs
+from agent.runtime.audit import StartAudit
+from agent.runtime.deployments import DeploymentCache
+from agent.runtime.events import EventStream
+from agent.runtime.jobs import JobBuilder
+from agent.runtime.poller import Poller
+from agent.runtime.pools import PoolError, Pools
+from agent.runtime.runner import Runner
+from agent.runtime.slots import Slots
+from agent.runtime.watchdog import Watchdog
 from agent.settings import Settings
-from agent.slots import Slots
-from agent.watchdog import Watchdog
 
 __all__ = ["Agent", "serve"]
 
-log = get_logger("agent.app")
+log = get_logger("agent.runtime.app")
 
 
 # Legacy Prefect 2 work queues live in pools of this type; their runs name an

@@ -23,7 +23,7 @@ import anyio
 
 from agent.api.client import PrefectClient
 from agent.api.errors import ApiError, Conflict
-from agent.embedded import ServerExtraMissing, ServerStartError, embedded_server
+from agent.cli.embedded import ServerExtraMissing, ServerStartError, embedded_server
 from agent.infra.defaults import default_base_job_template
 from agent.settings import Settings
 

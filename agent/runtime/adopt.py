@@ -18,11 +18,11 @@ from anyio.abc import TaskGroup
 from agent.api import FlowRun, PrefectClient, TransientError
 from agent.backends.base import Backend, BackendError
 from agent.infra.kinds import Kinds
-from agent.jobs import JobBuilder
 from agent.observe.logging import get_logger
-from agent.pools import Pools
-from agent.runner import Runner
-from agent.slots import Slots
+from agent.runtime.jobs import JobBuilder
+from agent.runtime.pools import Pools
+from agent.runtime.runner import Runner
+from agent.runtime.slots import Slots
 
 __all__ = ["adopt_remote_runs"]
 
@@ -37,7 +37,7 @@ async def _config_of(jobs: JobBuilder, run: FlowRun, pools: Pools) -> Any:
         return None
     return config
 
-log = get_logger("agent.adopt")
+log = get_logger("agent.runtime.adopt")
 _PAGE = 200
 
 

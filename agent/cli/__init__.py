@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import anyio
 import typer
-from pydantic import ValidationError
 
 from agent import __version__
+from agent.cli.common import load_settings
 from agent.observe.logging import configure_logging
 from agent.settings import Settings
 
@@ -32,30 +32,13 @@ app = typer.Typer(
 EMBEDDED_POOL = "local"
 
 
-def _settings(**overrides: Any) -> Settings:
-    """Flags win over FLOW_AGENT_* and PREFECT_* variables; a bad value exits with its name."""
-    given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "settings"
-            env = f"FLOW_AGENT_{field.upper()}"
-            typer.echo(
-                f"error: invalid setting {field!r} (flag --{field.replace('_', '-')} or {env}): "
-                f"{error['msg']}",
-                err=True,
-            )
-        raise typer.Exit(2) from None
-
-
 def _configure_logs(settings: Settings) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
 
 
 def _run_agent(settings: Settings) -> int:
-    from agent.app import serve
     from agent.observe.sdnotify import SystemdNotifier
+    from agent.runtime.app import serve
 
     notifier = SystemdNotifier.from_environ(os.environ, pid=os.getpid())
     return anyio.run(lambda: serve(settings, environ=dict(os.environ), notifier=notifier))
@@ -82,7 +65,7 @@ def start(
     ] = None,
 ) -> None:
     """Serve work pools: claim their scheduled flow runs and launch them."""
-    settings = _settings(
+    settings = load_settings(
         pools=pool,
         queues=queue,
         limit=limit,
@@ -95,7 +78,7 @@ def start(
     _configure_logs(settings)
     if settings.api_url is not None:
         raise typer.Exit(_run_agent(settings))
-    from agent.embedded import ServerExtraMissing, ServerStartError, embedded_server
+    from agent.cli.embedded import ServerExtraMissing, ServerStartError, embedded_server
 
     try:
         with embedded_server(
@@ -117,9 +100,9 @@ def start(
 @app.command()
 def demo() -> None:
     """Start a local Prefect server, deploy the examples, run them and show how each ended."""
-    settings = _settings()
+    settings = load_settings()
     _configure_logs(settings)
-    from agent.demo import run_demo
+    from agent.cli.demo import run_demo
 
     raise typer.Exit(run_demo(settings))
 
@@ -139,12 +122,12 @@ def render(
     if (flow_run_id is None) == (deployment is None):
         typer.echo("error: give a FLOW_RUN_ID or --deployment NAME (one of them)", err=True)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = load_settings()
     if settings.api_url is None:
         typer.echo("error: render needs a server: set PREFECT_API_URL", err=True)
         raise typer.Exit(2)
-    from agent.render import RenderError, summary
-    from agent.render import render as render_run
+    from agent.cli.render import RenderError, summary
+    from agent.cli.render import render as render_run
 
     try:
         variables = parse_job_vars(job_var or [])
@@ -185,8 +168,8 @@ def version() -> None:
 
 
 def _mount() -> None:
-    from agent.cli_blocks import blocks_app, deployment_app
-    from agent.cli_runs import flow_runs_app, run_command
+    from agent.cli.blocks import blocks_app, deployment_app
+    from agent.cli.runs import flow_runs_app, run_command
 
     app.command("run")(run_command)
     app.add_typer(flow_runs_app, name="flow-runs")

@@ -15,7 +15,7 @@ from agent.observe.logging import get_logger
 
 __all__ = ["PoolError", "Pools"]
 
-log = get_logger("agent.pools")
+log = get_logger("agent.runtime.pools")
 
 
 class PoolError(Exception):

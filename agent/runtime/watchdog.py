@@ -14,12 +14,12 @@ from anyio.abc import TaskGroup
 
 from agent.api import PrefectClient, TransientError
 from agent.observe.logging import get_logger
-from agent.pools import Pools
-from agent.runner import Runner
+from agent.runtime.pools import Pools
+from agent.runtime.runner import Runner
 
 __all__ = ["Watchdog"]
 
-log = get_logger("agent.watchdog")
+log = get_logger("agent.runtime.watchdog")
 
 
 class Watchdog:

@@ -13,7 +13,6 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
-from pydantic import ValidationError
 
 from agent.api.blocks import (
     list_block_documents,
@@ -26,6 +25,7 @@ from agent.api.blocks import (
 from agent.api.client import PrefectClient
 from agent.api.errors import ApiError, NotFound
 from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
+from agent.cli.common import load_settings
 from agent.settings import Settings
 
 __all__ = ["blocks_app", "deployment_app"]
@@ -48,14 +48,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _settings() -> Settings:
-    """As `agent.cli._settings`: a bad value exits naming its variable."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "settings"
-            typer.echo(f"error: invalid setting {field!r}: {error['msg']}", err=True)
-        raise typer.Exit(2) from None
+    """The agent's settings (a bad value exits naming its variable); these commands need a server."""
+    settings = load_settings()
     if settings.api_url is None:
         raise _fail(
             "PREFECT_API_URL is not set: these commands change a Prefect server, so say which "

@@ -19,15 +19,15 @@ import anyio
 
 from agent.api import FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
-from agent.audit import StartAudit
 from agent.backends import EXTRAS
 from agent.backends.base import Backend, BackendError, Handle, Job
-from agent.deployments import DeploymentCache
 from agent.infra import InfraError
-from agent.jobs import JobBuilder
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics, outcome_label
 from agent.outcome import Outcome
+from agent.runtime.audit import StartAudit
+from agent.runtime.deployments import DeploymentCache
+from agent.runtime.jobs import JobBuilder
 
 __all__ = ["Runner"]
 
@@ -95,7 +95,7 @@ class Runner:
 
     async def execute(self, run: FlowRun, pool: WorkPool, release: Callable[[], None]) -> None:
         """Take a claimed run to its end. Never raises (except cancellation)."""
-        log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
+        log = get_logger("agent.runtime.runner", flow_run_id=run.id, ship=True)
         entry = _InFlight(run)
         with self._tracking(entry, release):
             try:
@@ -185,7 +185,7 @@ class Runner:
         self, run: FlowRun, backend: Backend, handle: Handle, release: Callable[[], None]
     ) -> None:
         """Watch a run launched before this agent started (a restart, another replica)."""
-        log = get_logger("agent.runner", flow_run_id=run.id, ship=True)
+        log = get_logger("agent.runtime.runner", flow_run_id=run.id, ship=True)
         entry = _InFlight(run, backend, handle)
         entry.launched.set()
         log.info("watching a run launched before this agent started", infrastructure_pid=handle.pid)
@@ -254,7 +254,7 @@ class Runner:
             for run_id, entry in list(self._in_flight.items()):
                 if entry.handle is not None and getattr(entry.backend, "remote", False):
                     left += 1
-                    get_logger("agent.runner", flow_run_id=run_id, ship=True).info(
+                    get_logger("agent.runtime.runner", flow_run_id=run_id, ship=True).info(
                         "flow-agent is stopping; the run keeps running on its infrastructure",
                         infrastructure_pid=entry.handle.pid,
                     )
@@ -271,7 +271,7 @@ class Runner:
             await self._kill(entry)
 
     async def _kill(self, entry: _InFlight) -> None:
-        log = get_logger("agent.runner", flow_run_id=entry.run.id, ship=True)
+        log = get_logger("agent.runtime.runner", flow_run_id=entry.run.id, ship=True)
         assert entry.handle is not None and entry.backend is not None
         log.info("killing infrastructure", reason=str(entry.kill_reason), grace=self._kill_grace)
         try:

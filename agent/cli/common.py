@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import anyio
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -16,8 +18,9 @@ from agent.api.errors import ApiError
 from agent.orchestrate.api import DeploymentNotFound, RunInfo
 from agent.orchestrate.parse import EXIT_ERROR
 from agent.orchestrate.trigger import client_from_settings
+from agent.settings import Settings
 
-__all__ = ["bad", "err", "out", "run_with_client", "state_text", "when"]
+__all__ = ["bad", "err", "load_settings", "out", "run_with_client", "state_text", "when"]
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -35,12 +38,27 @@ _STATE_STYLE = {
 }
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """Flags win over FLOW_AGENT_* and PREFECT_* variables; a bad value exits with its name."""
+    given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            env = f"FLOW_AGENT_{field.upper()}"
+            typer.echo(
+                f"error: invalid setting {field!r} (flag --{field.replace('_', '-')} or {env}): "
+                f"{error['msg']}",
+                err=True,
+            )
+        raise typer.Exit(2) from None
+
+
 def _client() -> PrefectClient:
-    # imported here: agent.cli imports the command modules to mount them
-    from agent.cli import _settings
     from agent.observe.logging import configure_logging
 
-    settings = _settings()
+    settings = load_settings()
     # the retry policy's INFO lines would break the status line; warnings still show
     configure_logging(level="WARNING", fmt=settings.log_format, secrets=settings.secrets())
     return client_from_settings(settings)

@@ -1,6 +1,6 @@
 """`flow-agent flow-runs ls|delete|cancel`: list, delete or cancel many flow runs at once.
 
-Mounted by `agent/cli.py` (through `agent.cli_runs`, which re-exports `flow_runs_app`).
+Mounted by `agent/cli.py` (through `agent.cli.runs`, which re-exports `flow_runs_app`).
 
 `flow-agent flow-runs delete|cancel` exit 0 when every selected run was handled (or nothing
 matched), 1 when some could not be or the server stopped answering, 4 on bad input.
@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agent.api.client import PrefectClient
-from agent.cli_common import bad, err, out, run_with_client, state_text, when
+from agent.cli.common import bad, err, out, run_with_client, state_text, when
 from agent.orchestrate.api import RunInfo
 from agent.orchestrate.batch import (
     CANCELLABLE,

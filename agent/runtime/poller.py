@@ -19,13 +19,13 @@ from agent.aio import first_completed
 from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
-from agent.pools import Pools
-from agent.runner import Runner
-from agent.slots import Slots
+from agent.runtime.pools import Pools
+from agent.runtime.runner import Runner
+from agent.runtime.slots import Slots
 
 __all__ = ["Poller"]
 
-log = get_logger("agent.poller")
+log = get_logger("agent.runtime.poller")
 
 _SERVER_PAGE = 200  # the server's default limit when we ask for "all"
 

@@ -1,6 +1,9 @@
 """The one retry policy: jittered exponential backoff that honours Retry-After.
 
-Every call to the server goes through `RetryPolicy.call`. Polls use a bounded budget
+Every call to the server, and every call a backend makes to its platform, goes through
+`RetryPolicy.call`; what is worth retrying is said by the error itself (`Retryable`,
+which the API's `TransientError` and the backends' `BackendUnavailable` are), classified
+once at each boundary. Polls use a bounded budget
 (the next poll will come anyway); state reports and claims use `persistent=True` and
 retry until they get an answer, because giving up would leave a run in a lie.
 """
@@ -21,12 +24,17 @@ from tenacity import (
     stop_never,
 )
 
-from agent.api.errors import TransientError
-
-__all__ = ["RetryPolicy", "backoff_delay"]
+__all__ = ["Retryable", "RetryPolicy", "backoff_delay"]
 
 T = TypeVar("T")
-log = structlog.get_logger("agent.api")
+log = structlog.get_logger("agent.retry")
+
+
+class Retryable(Exception):
+    """An error worth retrying: the same call may succeed later. `retry_after` (seconds) is
+    the other side's own advice, a floor for the next wait."""
+
+    retry_after: float | None = None
 
 
 def backoff_delay(
@@ -74,7 +82,7 @@ class RetryPolicy:
     def _before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.info(
-            "retrying after a transient server error",
+            "retrying after a transient error",
             attempt=state.attempt_number,
             error=str(exc),
             sleep=round(state.upcoming_sleep, 2),
@@ -85,10 +93,10 @@ class RetryPolicy:
         op: Callable[[], Awaitable[T]],
         *,
         persistent: bool = False,
-        retry_on: tuple[type[BaseException], ...] = (TransientError,),
+        retry_on: tuple[type[BaseException], ...] = (Retryable,),
     ) -> T:
         """Run `op`, retrying `retry_on` errors (a `retry_after` attribute is honoured);
-        anything else propagates at once. Backends pass their `BackendUnavailable`."""
+        anything else propagates at once."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(retry_on),
             wait=self._wait,
