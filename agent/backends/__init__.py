@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
-from agent.backends.base import Backend
+from agent.backends.base import Backend, BackendOptions
 from agent.backends.process import ProcessBackend
 
 __all__ = ["BackendOptions", "Backends", "EXTRAS", "load_backends"]
@@ -25,16 +24,6 @@ _CLOUD: dict[str, tuple[str, str, str, str]] = {
     "kubernetes": ("agent.backends.kubernetes", "KubernetesBackend", "kubernetes", "kubernetes"),
 }
 EXTRAS = {kind: extra for kind, (_, _, _, extra) in _CLOUD.items()}
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """Agent-wide settings the cloud backends share (per-run settings come in the Job)."""
-
-    watch_interval: float = 5.0  # seconds between status reads of one batch of workloads
-    gcp_endpoint: str | None = None  # Cloud Run API base URL (tests point it at a fake)
-    azure_arm_endpoint: str | None = None  # ARM base URL (tests point it at a fake)
-    kubeconfig: str | None = None  # default: in-cluster config, else ~/.kube/config
 
 
 def _installed(name: str) -> bool:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from agent.outcome import Outcome
-from agent.retry import Retryable
+from agent.retry import Retryable, RetryPolicy
 
 __all__ = [
     "Backend",
+    "BackendOptions",
     "BackendError",
     "BackendUnavailable",
     "Handle",
@@ -26,26 +28,44 @@ __all__ = [
 ]
 
 
+# The typed runtime options of one kind: what its backend needs beyond the request payload
+# (credentials, timeouts, cleanup flags). Each kind declares the type (`InfraKind.runtime`)
+# and each backend the one it takes (`Backend.runtime_type`).
+R = TypeVar("R")
+
+
 @dataclass(frozen=True)
-class Job:
+class BackendOptions:
+    """Agent-wide settings every backend gets at construction (per-run ones come in the Job)."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # the user's FLOW_AGENT_RETRY_*
+    watch_interval: float = 5.0  # seconds between status reads of one batch of workloads
+    state_dir: Path | None = None  # where a backend may keep state that outlives the agent
+    gcp_endpoint: str | None = None  # Cloud Run API base URL (tests point it at a fake)
+    azure_arm_endpoint: str | None = None  # ARM base URL (tests point it at a fake)
+    kubeconfig: str | None = None  # default: in-cluster config, else ~/.kube/config
+
+
+@dataclass(frozen=True)
+class Job(Generic[R]):
     """Everything a backend needs to launch one flow run, already templated and patched.
 
     `payload` is the exact request the backend sends (for a process: command, env, cwd),
     built by the run's infrastructure kind with the user's customizations applied; it holds
-    the run's credentials, so it is never logged. `config` is the kind's typed
-    configuration, for settings that are not part of the request (timeouts, cleanup).
+    the run's credentials, so it is never logged. `runtime` is the kind's typed runtime
+    options, for settings that are not part of the request (credentials, timeouts, cleanup).
     """
 
     flow_run_id: str
     flow_run_name: str
     kind: str
     payload: Mapping[str, Any] = field(repr=False)
-    config: Any = field(default=None, repr=False)
+    runtime: R = field(repr=False)  # type: ignore[assignment]
     source: str = ""  # where the configuration came from, for messages
 
 
 @dataclass(frozen=True)
-class Handle:
+class Handle(Generic[R]):
     """A self-contained reference to launched infrastructure.
 
     `pid` is what the server stores as `infrastructure_pid`; any agent can rebuild a
@@ -55,9 +75,9 @@ class Handle:
     kind: str
     pid: str
     flow_run_id: str = ""
-    # The run's typed configuration when known (an adopted run's is rebuilt from its pool
-    # and deployment): credentials and cleanup flags the pid string cannot carry.
-    config: Any = field(default=None, compare=False, repr=False)
+    # The run's runtime options when known (an adopted run's are rebuilt from its pool and
+    # deployment): credentials and cleanup flags the pid string cannot carry.
+    runtime: R | None = field(default=None, compare=False, repr=False)
 
 
 class BackendError(Exception):
@@ -84,13 +104,14 @@ class InfrastructureNotFound(BackendError):
 
 
 @runtime_checkable
-class Backend(Protocol):
+class Backend(Protocol[R]):
     kind: ClassVar[str]
     # Remote workloads (containers in a cloud) outlive the agent: on shutdown they are left
     # running, not killed; a local process is a child and must not be orphaned.
     remote: ClassVar[bool]
+    runtime_type: ClassVar[type]  # the runtime options this backend takes (R)
 
-    async def launch(self, job: Job) -> Handle:
+    async def launch(self, job: Job[R]) -> Handle[R]:
         """Start the workload; return as soon as it exists."""
         ...
 
@@ -104,6 +125,12 @@ class Backend(Protocol):
 
     async def inspect(self, handle: Handle) -> Outcome | None:
         """The outcome if the workload has ended, None while it runs (for reconciliation)."""
+        ...
+
+    async def find(self, flow_run_id: str, runtime: R | None = None) -> Handle[R] | None:
+        """The workload launched for this flow run, alive or ended, if one exists; None when
+        the platform proves there is none. Raises BackendError when it cannot tell (the
+        platform is unreachable, a local process on another host): "unknown" is not "none"."""
         ...
 
     def parse_pid(self, pid: str, flow_run_id: str = "") -> Handle:
