@@ -55,3 +55,8 @@ class InfraKind(Protocol):
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         """RFC 6902 operations to apply to `build_payload`'s result (may be empty)."""
         ...
+
+    def runtime(self, config: BaseModel) -> Any:
+        """The typed runtime options its backend needs beyond the payload (credentials,
+        timeouts, cleanup flags): an instance of the type the backend declares it takes."""
+        ...

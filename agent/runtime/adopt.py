@@ -27,15 +27,15 @@ from agent.runtime.slots import Slots
 __all__ = ["adopt_remote_runs"]
 
 
-async def _config_of(jobs: JobBuilder, run: FlowRun, pools: Pools) -> Any:
-    """The run's typed config (its credentials), or None if it cannot be rebuilt any more."""
+async def _runtime_of(jobs: JobBuilder, run: FlowRun, pools: Pools) -> Any:
+    """The run's runtime options (its credentials), or None if they cannot be rebuilt any more."""
     try:
         deployment = await jobs.api.read_deployment(run.deployment_id) if run.deployment_id else None
-        _kind, config, _source = await jobs.configure(run, pools.get(run.work_pool_name or ""), deployment)
+        kind, config, _source = await jobs.configure(run, pools.get(run.work_pool_name or ""), deployment)
     except Exception as exc:  # noqa: BLE001 - adoption goes on with default credentials
         log.info("adopting with default credentials", flow_run_id=run.id, reason=str(exc))
         return None
-    return config
+    return kind.runtime(config)
 
 log = get_logger("agent.runtime.adopt")
 _PAGE = 200
@@ -91,7 +91,7 @@ async def adopt_remote_runs(
         except BackendError as exc:  # another cluster, an old format: not ours to watch
             log.info("not adopting run", flow_run_id=run.id, reason=str(exc))
             continue
-        handle = replace(handle, config=await _config_of(jobs, run, pools))
+        handle = replace(handle, runtime=await _runtime_of(jobs, run, pools))
         slots.take()
         runs.start_soon(runner.adopt, run, backend, handle, slots.release)
         adopted += 1

@@ -81,7 +81,7 @@ class JobBuilder:
         payload = apply_customizations(
             payload, kind.customizations(config), field="customizations", source=source, target="payload"
         )
-        return Job(run.id, run.name, kind.kind, payload, config, source=source)
+        return Job(run.id, run.name, kind.kind, payload, kind.runtime(config), source=source)
 
     async def configure(
         self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None
