@@ -127,10 +127,13 @@ class Backend(Protocol[R]):
         """The outcome if the workload has ended, None while it runs (for reconciliation)."""
         ...
 
-    async def find(self, flow_run_id: str, runtime: R | None = None) -> Handle[R] | None:
-        """The workload launched for this flow run, alive or ended, if one exists; None when
-        the platform proves there is none. Raises BackendError when it cannot tell (the
-        platform is unreachable, a local process on another host): "unknown" is not "none"."""
+    async def find(self, job: Job[R]) -> Handle[R] | None:
+        """The workload launching `job` made, alive or ended, if one exists; None when the
+        platform proves there is none. `job` is the run's job rebuilt from its pool and
+        deployment (the agent that launched it may be dead), so the lookup goes by what
+        identifies the run on the platform: its flow run id (tags, labels, a name derived
+        from it). Raises BackendError when it cannot tell (the platform is unreachable, a
+        process on another host): "unknown" is never "none"."""
         ...
 
     def parse_pid(self, pid: str, flow_run_id: str = "") -> Handle:
