@@ -25,6 +25,7 @@ from agent.api.models import (
     ScheduledRun,
     SetStateStatus,
     StateType,
+    Worker,
     WorkPool,
 )
 from agent.retry import RetryPolicy
@@ -164,6 +165,11 @@ class PrefectClient:
         body = {"name": worker_name, "heartbeat_interval_seconds": int(interval_seconds)}
         await self.request("POST", f"/work_pools/{pool}/workers/heartbeat", json=body)
 
+    async def read_workers(self, pool: str) -> list[Worker]:
+        """Every worker row of the pool (the server has no name filter: callers pick)."""
+        data = await self.request("POST", f"/work_pools/{pool}/workers/filter", json={})
+        return [Worker.model_validate(item) for item in data or []]
+
     async def get_scheduled_flow_runs(
         self,
         pool: str,
@@ -192,6 +198,12 @@ class PrefectClient:
 
     async def update_flow_run(self, run_id: str, **fields: Any) -> None:
         await self.request("PATCH", f"/flow_runs/{run_id}", json=fields, persistent=True)
+
+    async def set_flow_run_labels(self, run_id: str, labels: dict[str, str]) -> None:
+        """Merge labels into the run's. Values must be scalar strings: on 3.8.8 a null, list
+        or object value makes every later read of the run answer 500."""
+        body = {key: str(value) for key, value in labels.items()}
+        await self.request("PATCH", f"/flow_runs/{run_id}/labels", json=body, persistent=True)
 
     async def set_state(
         self,
@@ -227,10 +239,11 @@ class PrefectClient:
                 return result
             await anyio.sleep(min(max(result.delay_seconds, 0.1), 30.0))
 
-    async def claim_flow_run(self, run_id: str) -> ClaimResult:
-        """Propose PENDING; exactly one proposer in the world gets `claimed=True`."""
+    async def claim_flow_run(self, run_id: str, *, message: str | None = None) -> ClaimResult:
+        """Propose PENDING; exactly one proposer in the world gets `claimed=True`. `message`
+        lands in the PENDING state atomically with the claim (who claimed it)."""
         transition_id = str(uuid.uuid4())
-        result = await self.set_state(run_id, StateType.PENDING, transition_id=transition_id)
+        result = await self.set_state(run_id, StateType.PENDING, message=message, transition_id=transition_id)
         state = result.state
         ours = result.status is SetStateStatus.ACCEPT or (
             # our first attempt committed but its answer was lost; the retry saw our own

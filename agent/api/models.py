@@ -21,6 +21,7 @@ __all__ = [
     "State",
     "StateType",
     "WorkPool",
+    "Worker",
 ]
 
 
@@ -92,6 +93,7 @@ class FlowRun(_Model):
     infrastructure_document_id: str | None = None
     infrastructure_pid: str | None = None
     tags: list[str] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)
     expected_start_time: datetime | None = None
     next_scheduled_start_time: datetime | None = None
 
@@ -128,3 +130,12 @@ class Deployment(_Model):
     work_queue_name: str | None = None
     path: str | None = None
     entrypoint: str | None = None
+
+
+class Worker(_Model):
+    """A worker row of a pool: who heartbeats it, and when it last did."""
+
+    name: str
+    status: str | None = None  # ONLINE | OFFLINE
+    last_heartbeat_time: datetime | None = None
+    heartbeat_interval_seconds: int | None = None
