@@ -43,9 +43,11 @@ class Poller:
         prefetch: float,
         claim_concurrency: int,
         metrics: Metrics,
+        claim_message: str | None = None,
     ) -> None:
         self._api = api
         self._metrics = metrics
+        self._claim_message = claim_message  # who claims: lands in the PENDING state with the claim
         self._pools = pools
         self._slots = slots
         self._runner = runner
@@ -127,7 +129,7 @@ class Poller:
                 self._slots.release()
                 return
             try:
-                result = await self._api.claim_flow_run(run.id)
+                result = await self._api.claim_flow_run(run.id, message=self._claim_message)
             except AuthError:
                 self._slots.release()
                 raise
