@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from agent.api import FlowRun, NotFound, PrefectClient, StateType, WorkPool
+from agent.api import ApiError, FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
 from agent.backends import EXTRAS
 from agent.backends.base import Backend, BackendError, Handle, Job
@@ -28,6 +29,7 @@ from agent.outcome import Outcome
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.jobs import JobBuilder
+from agent.runtime.ownership import Owner
 
 __all__ = ["Runner"]
 
@@ -43,6 +45,7 @@ class _InFlight:
     backend: Backend | None = None
     handle: Handle | None = None
     kill_reason: KillReason | None = None
+    adopted: bool = False
     launched: anyio.Event = field(default_factory=anyio.Event)
     started: float = field(default_factory=time.monotonic)  # just after the claim
 
@@ -59,8 +62,10 @@ class Runner:
         kill_grace: float,
         metrics: Metrics,
         redact: Callable[[str], str] = lambda text: text,
+        owner: Owner | None = None,
     ) -> None:
         self._metrics = metrics
+        self._owner = owner  # who this agent is, written on every run it takes
         self._api = api
         self._backends = backends
         self._jobs = jobs
@@ -155,12 +160,14 @@ class Runner:
         job = await self._prepare(entry, pool, log)
         if job is None or entry.backend is None:
             return
-        try:
-            handle = await entry.backend.launch(job)
-        except BackendError as exc:
+        async with anyio.create_task_group() as tg:
+            # the owner's labels go on while the workload starts: off the launch's path
+            tg.start_soon(self.label, run.id, pool)
+            handle = await self._launch(entry.backend, job)
+        if isinstance(handle, BackendError):
             self._metrics.ended(job.kind, "failed_to_launch")
-            log.error("cannot launch the run", error=str(exc))
-            await self._crash(run.id, f"flow-agent could not launch the infrastructure: {exc}")
+            log.error("cannot launch the run", error=str(handle))
+            await self._crash(run.id, f"flow-agent could not launch the infrastructure: {handle}")
             return
         entry.handle = handle
         entry.launched.set()
@@ -181,16 +188,47 @@ class Runner:
         self._metrics.ended(handle.kind, outcome_label(outcome, cancelled=cancelled))
         await self._report(entry, outcome, log)
 
+    @staticmethod
+    async def _launch(backend: Backend, job: Job) -> Handle | BackendError:
+        try:
+            return await backend.launch(job)
+        except BackendError as exc:
+            return exc
+
+    async def label(self, run_id: str, pool: WorkPool) -> None:
+        """Say on the run that this agent owns it (Prefect's worker labels and our own)."""
+        if self._owner is None:
+            return
+        try:
+            await self._api.set_flow_run_labels(run_id, self._owner.labels(pool))
+        except ApiError as exc:  # e.g. deleted meanwhile: the run's own report will say so
+            get_logger("agent.runtime.runner", flow_run_id=run_id).warning(
+                "could not label the run with its owner", error=str(exc)
+            )
+
     async def adopt(
-        self, run: FlowRun, backend: Backend, handle: Handle, release: Callable[[], None]
+        self,
+        run: FlowRun,
+        backend: Backend,
+        handle: Handle,
+        release: Callable[[], None],
+        *,
+        pool: WorkPool | None = None,
+        report_pid: bool = False,
     ) -> None:
-        """Watch a run launched before this agent started (a restart, another replica)."""
+        """Watch a run launched by an agent that is gone (a restart, a dead replica) to its end.
+        `pool`: take ownership on the server; `report_pid`: the launching agent died before
+        it could say where the run is."""
         log = get_logger("agent.runtime.runner", flow_run_id=run.id, ship=True)
-        entry = _InFlight(run, backend, handle)
+        entry = _InFlight(run, backend, handle, adopted=True)
         entry.launched.set()
         log.info("watching a run launched before this agent started", infrastructure_pid=handle.pid)
         with self._tracking(entry, release):
             try:
+                if pool is not None:
+                    await self.label(run.id, pool)
+                if report_pid:
+                    await self._api.update_flow_run(run.id, infrastructure_pid=handle.pid)
                 outcome = await backend.wait(handle)
                 await self._report(entry, outcome, log)
             except anyio.get_cancelled_exc_class():
@@ -226,14 +264,19 @@ class Runner:
             return
         log.error(f"infrastructure failed: {outcome.message()}", infrastructure_pid=pid)
         log.info(f"resolution: {outcome.resolution()}")
-        result = await self._crash(run_id, outcome.message())
+        # Adopted runs may be watched by more than one agent after a takeover: the same
+        # transition id from each makes their reports one transition on the server.
+        transition = outcome_transition_id(run_id, pid) if entry.adopted else None
+        result = await self._crash(run_id, outcome.message(), transition_id=transition)
         if result is not SetStateStatus.ACCEPT:
             log.info("run already ended on its own; its final state is kept")
 
-    async def _crash(self, run_id: str, message: str) -> SetStateStatus:
+    async def _crash(self, run_id: str, message: str, *, transition_id: str | None = None) -> SetStateStatus:
         # Without force the server refuses to overwrite a terminal state (ABORT), which is
         # exactly "unless the run already reached a terminal state" in one request.
-        result = await self._api.set_state(run_id, StateType.CRASHED, message=self._redact(message)[:2000])
+        result = await self._api.set_state(
+            run_id, StateType.CRASHED, message=self._redact(message)[:2000], transition_id=transition_id
+        )
         return result.status
 
     # -- killing -----------------------------------------------------------------------------------
@@ -278,3 +321,8 @@ class Runner:
             await entry.backend.kill(entry.handle, self._kill_grace)
         except BackendError as exc:
             log.error("could not kill the infrastructure", error=str(exc))
+
+
+def outcome_transition_id(run_id: str, pid: str) -> str:
+    """The transition id every agent uses to report how one workload of a run ended."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"flow-agent:{run_id}:{pid}:ended"))
