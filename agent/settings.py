@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     prefetch_seconds: float = Field(10.0, ge=0)
     heartbeat_interval: float = Field(30.0, gt=0)
     cancel_check_interval: float = Field(2.0, gt=0)
+    reconcile_interval: float = Field(
+        30.0, gt=0, description="Seconds between looks for runs whose agent died."
+    )
     claim_concurrency: int = Field(8, ge=1)
     events: bool = Field(True, description="Use the server's event stream to react at once.")
     log_flush_interval: float = Field(1.0, gt=0)

@@ -19,19 +19,20 @@ from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient, TransientError
 from agent.backends import BackendOptions, Backends, load_backends
 from agent.backends.base import Backend
-from agent.infra.kinds import Kinds
 from agent.observe.health import HealthState, serve_health
 from agent.observe.logging import REDACTOR, get_logger, set_log_sink
 from agent.observe.metrics import Metrics
 from agent.observe.sdnotify import SystemdNotifier
 from agent.observe.shipper import LogShipper
-from agent.runtime.adopt import adopt_remote_runs
+from agent.registry import REGISTRY
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.events import EventStream
 from agent.runtime.jobs import JobBuilder
+from agent.runtime.ownership import Owner
 from agent.runtime.poller import Poller
 from agent.runtime.pools import PoolError, Pools
+from agent.runtime.reconcile import Reconciler
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
 from agent.runtime.watchdog import Watchdog
@@ -48,7 +49,7 @@ LEGACY_POOL_TYPE = "prefect-agent"
 
 
 def servable_pool_types(backends: Mapping[str, Backend]) -> set[str]:
-    types = {t for t in Kinds.pool_types() if Kinds.kind_of_pool_type(t) in backends}
+    types = {t for entry in REGISTRY if entry.kind in backends for t in entry.pool_types}
     return types | {LEGACY_POOL_TYPE}
 
 
@@ -71,6 +72,8 @@ class Agent:
         self.notifier = notifier
         self.backends: Backends = load_backends(
             BackendOptions(
+                retry=settings.retry_policy,
+                state_dir=settings.data_dir / "state",
                 watch_interval=settings.watch_interval,
                 gcp_endpoint=settings.gcp_endpoint,
                 azure_arm_endpoint=settings.azure_arm_endpoint,
@@ -88,6 +91,7 @@ class Agent:
         self.audit = StartAudit(
             api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
         )
+        self.owner = Owner.me(settings.name)
         self.runner = Runner(
             api,
             self.backends,
@@ -97,6 +101,7 @@ class Agent:
             kill_grace=settings.kill_grace,
             metrics=metrics,
             redact=REDACTOR.mask,
+            owner=self.owner,
         )
         self.poller = Poller(
             api,
@@ -108,6 +113,18 @@ class Agent:
             prefetch=settings.prefetch_seconds,
             claim_concurrency=settings.claim_concurrency,
             metrics=metrics,
+            claim_message=self.owner.claim_message(),
+        )
+        self.reconciler = Reconciler(
+            api,
+            self.pools,
+            self.backends,
+            jobs,
+            self.runner,
+            self.slots,
+            self.owner,
+            interval=settings.reconcile_interval,
+            launch_grace=settings.request_timeout,
         )
         self.watchdog = Watchdog(
             api,
@@ -174,14 +191,16 @@ class Agent:
                 services.start_soon(self.events.run)
             async with anyio.create_task_group() as runs:
                 services.start_soon(self.watchdog.cancel_loop, runs)
-                await adopt_remote_runs(
-                    self.api, self.pools, self.backends, self.runner, self.slots, runs, self.jobs
-                )
+                services.start_soon(self._reconcile, runs)
                 await self.poller.run(self.stop, runs)
                 if await self._drain():
                     runs.cancel_scope.cancel()  # stop watching what was left running
             await self.audit.flush()
             services.cancel_scope.cancel()
+
+    async def _reconcile(self, runs: TaskGroup) -> None:
+        """Take over what dead agents left, until this one stops claiming."""
+        await first_completed(lambda: self.reconciler.run(runs), self.stop.wait)
 
     async def _drain(self) -> int:
         """Stop in stages; the number of remote runs left running."""
