@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +41,7 @@ from agent.infra.fields import Command, EnvName, EnvValue
 from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 
-__all__ = ["CloudRunConfig", "CloudRunKind"]
+__all__ = ["CloudRunConfig", "CloudRunKind", "CloudRunRuntime"]
 
 _REGION: Final = re.compile(r"^[a-z]+(?:-[a-z]+)+\d+$")
 _MEMORY: Final = re.compile(r"^\d+(?:G|Gi|M|Mi)$")
@@ -85,12 +86,19 @@ _FIXES: Final = {
 _HIDDEN: Final = frozenset({"env", "command", "credentials", "job_body"})
 
 
+@dataclass(frozen=True)
+class CloudRunRuntime:
+    """What the Cloud Run backend needs beyond the payload."""
+
+    credentials: Mapping[str, Any] | None = field(default=None, repr=False)  # GcpCredentials data
+    keep_job: bool = False  # leave the per-run job in place when the run ends
+    timeout: int | None = None  # the job's task timeout (s): the start deadline, and named in messages
+
+
 class CloudRunKind:
     """The Cloud Run kind: configuration from either source, and the jobs.create payload."""
 
     kind: ClassVar[str] = "cloud-run"
-    pool_types: ClassVar[tuple[str, ...]] = ("cloud-run-v2", "cloud-run")
-    block_slug: ClassVar[str] = "cloud-run-job"
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> CloudRunConfig:
         require_object(resolved, "job configuration", source)
@@ -140,6 +148,10 @@ class CloudRunKind:
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, CloudRunConfig)
         return reroot(config.customizations, "/job")
+
+    def runtime(self, config: BaseModel) -> CloudRunRuntime:
+        assert isinstance(config, CloudRunConfig)
+        return CloudRunRuntime(config.credentials, config.keep_job, config.timeout)
 
 
 def _project(data: Mapping[str, Any], source: str, what: str) -> str:

@@ -45,7 +45,7 @@ class CloudRunConfig(BaseModel):
     """One Cloud Run job: prefect-gcp's job configuration fields plus the resolved project.
 
     `credentials` (a `GcpCredentials` block's data) and `customizations` are left out of
-    the repr and of `model_dump`; the backend reads them as attributes.
+    the repr and of `model_dump`; the backend gets the credentials in `CloudRunRuntime`.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")

@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from agent.backends import BackendOptions
-from agent.backends.base import Handle, Job
+from agent.backends.base import BackendOptions, Handle, Job
 from agent.backends.cloud_run import CloudRunBackend
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.merge import resolve_job_configuration
@@ -40,7 +39,9 @@ class CloudRunHarness:
         config = self._kind.config_from_pool(resolved, pool_type="cloud-run-v2", source="contract")
         run_id = f"{name}-0000"
         context = RunContext(run_id, name, env={"A": "b"}, labels={"prefect.io/flow-run-id": run_id})
-        return Job(run_id, name, "cloud-run", self._kind.build_payload(config, context), config)
+        return Job(
+            run_id, name, "cloud-run", self._kind.build_payload(config, context), self._kind.runtime(config)
+        )
 
     async def finish(self, handle: Handle, *, exit_code: int, oom: bool = False) -> None:
         self.fake.finish_execution(handle.pid, exit_code, oom=oom)

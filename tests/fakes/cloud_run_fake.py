@@ -6,9 +6,10 @@ AnonymousCredentials). Responses are built with the library's own proto types, s
 is what the clients parse from the real API. Executions stay pending until a test decides
 how they end: `start_execution`, `finish_execution`, `fail_to_start`.
 
-Routes (all under /v2/projects/P/locations/R): jobs create (409 on a duplicate) / get /
-list / delete, jobs:run (an LRO with the Execution as metadata, done when it ends),
-operations get, executions list / get / delete / :cancel, tasks list.
+Routes (all under /v2/projects/P/locations/R): jobs create (409 on a duplicate) / get
+(404 when absent) / list / delete, jobs:run (an LRO with the Execution as metadata, done
+when it ends), operations get, executions list (newest first, as documented) / get /
+delete / :cancel, tasks list.
 `inject(route, status, after=True)` makes the next call of a route fail, after committing
 its effect when `after` is true (a lost response).
 """
@@ -362,7 +363,12 @@ class CloudRunFake:
 
     def _list_executions(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
         job = self._job_name(parts)
-        found = [self.executions[n] for n in self.list_executions(job)]
+        # "Results are sorted by creation time, descending." (the API reference of executions.list)
+        found = sorted(
+            (self.executions[n] for n in self.list_executions(job)),
+            key=lambda ex: ex.create_time,
+            reverse=True,
+        )
         return run_v2.ListExecutionsResponse.to_json(run_v2.ListExecutionsResponse(executions=found))
 
     def _get_execution(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:

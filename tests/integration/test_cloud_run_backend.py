@@ -17,8 +17,7 @@ import pytest
 from fakes.cloud_run_fake import CloudRunFake
 from support.prefect_api import PrefectAPI, state_message, state_type, wait_for
 
-from agent.backends import BackendOptions
-from agent.backends.base import Job
+from agent.backends.base import BackendError, BackendOptions, Job
 from agent.backends.cloud_run import CloudRunBackend
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.merge import resolve_job_configuration
@@ -163,7 +162,7 @@ def _job(name: str) -> Job:
     config = kind.config_from_pool(resolved, pool_type="cloud-run-v2", source="test")
     run_id = f"{name}-1111"
     context = RunContext(run_id, name, labels={"prefect.io/flow-run-id": run_id})
-    return Job(run_id, name, "cloud-run", kind.build_payload(config, context), config)
+    return Job(run_id, name, "cloud-run", kind.build_payload(config, context), kind.runtime(config))
 
 
 def test_lost_responses_are_retried_without_duplicates(fake: CloudRunFake) -> None:
@@ -201,6 +200,87 @@ def test_a_timeout_says_so(fake: CloudRunFake) -> None:
             assert outcome.exit_code == 143 and not outcome.oom
             assert "timeout of 600 s" in outcome.message(), outcome.message()
             assert "The configured timeout was reached" in outcome.message()
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+# -- find: another agent looks a run's execution up from the run alone ------------------------
+
+
+def _backend(fake: CloudRunFake) -> CloudRunBackend:
+    return CloudRunBackend(BackendOptions(watch_interval=0.05, gcp_endpoint=fake.url))
+
+
+def test_a_new_backend_finds_the_execution_alive_and_after_it_ended(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        launching = _backend(fake)
+        handle = await launching.launch(_job("found-later"))
+        await launching.aclose()  # the launching agent is gone; its execution goes on
+        job = handle.pid.rsplit("/executions/", 1)[0]
+
+        finder = _backend(fake)
+        try:
+            before = len(fake.calls)
+            found = await finder.find(_job("found-later"))  # rebuilt from the run, not remembered
+            assert found is not None and found.pid == handle.pid
+            assert found.flow_run_id == "found-later-1111" and found.runtime is not None
+            assert await finder.inspect(found) is None  # alive
+            assert set(fake.calls[before:]) <= {"get_job", "list_executions", "get_execution"}
+
+            fake.finish_execution(handle.pid, 1)
+            again = await finder.find(_job("found-later"))
+            assert again is not None and again.pid == handle.pid
+            outcome = await finder.inspect(again)
+            assert outcome is not None and outcome.exit_code == 1 and "exit code 1" in outcome.message()
+            with anyio.fail_after(20):
+                assert (await finder.wait(again)).exit_code == 1
+            assert fake.list_executions(job) == [handle.pid]  # nothing launched a second time
+        finally:
+            await finder.aclose()
+
+    anyio.run(scenario)
+
+
+def test_find_returns_only_this_runs_execution(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            theirs = await backend.launch(_job("someone-else"))
+            assert await backend.find(_job("nobody-launched-me")) is None  # no job by that name
+
+            # a job by our name that another run made (its flow-run label is not ours)
+            ours = _job("impostor")
+            payload = {**ours.payload, "job_id": _job("someone-else").payload["job_id"]}
+            assert (
+                await backend.find(
+                    Job(ours.flow_run_id, ours.flow_run_name, ours.kind, payload, ours.runtime)
+                )
+                is None
+            )
+
+            fake.inject("get_job", 503)  # a transient failure is retried with the agent's policy
+            found = await backend.find(_job("someone-else"))
+            assert found is not None and found.pid == theirs.pid
+
+            fake.finish_execution(theirs.pid, 0)
+            with anyio.fail_after(20):
+                assert (await backend.wait(theirs)).succeeded
+            assert await backend.find(_job("someone-else")) is None  # ended, and its job deleted
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+def test_find_says_when_it_cannot_tell(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            fake.inject("get_job", 403)  # permission denied is not "no workload"
+            with pytest.raises(BackendError, match="Cloud Run jobs.get"):
+                await backend.find(_job("forbidden"))
         finally:
             await backend.aclose()
 

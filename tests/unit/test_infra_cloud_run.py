@@ -15,6 +15,7 @@ from support.golden import assert_golden, render_payload, run_context
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.cloud_run import CloudRunConfig, CloudRunKind
 from agent.infra.spec import RunContext
+from agent.registry import REGISTRY
 
 SOURCE = "deployment 'etl/daily'"
 RUN_ID = "0c5b6a4e-1111-4222-8333-444455556666"
@@ -82,8 +83,11 @@ BLOCK = {
 
 class TestKind:
     def test_identity(self) -> None:
-        assert CloudRunKind.kind == "cloud-run" and CloudRunKind.block_slug == "cloud-run-job"
-        assert CloudRunKind.pool_types == ("cloud-run-v2", "cloud-run")
+        # the pool types and block slug are named once, in the registry's entry of the kind
+        entry = REGISTRY.get(CloudRunKind.kind)
+        assert entry is not None
+        assert CloudRunKind.kind == "cloud-run" and entry.block_slug == "cloud-run-job"
+        assert entry.pool_types == ("cloud-run-v2", "cloud-run")
 
     @pytest.mark.parametrize("pool_type", ["cloud-run-v2", "cloud-run"])
     def test_templates_have_prefects_variables(self, pool_type: str) -> None:

@@ -14,11 +14,16 @@ Cloud Run allows 1000 jobs per region and Prefect's worker left them behind (#16
 `infrastructure_pid` is the execution's full name,
 `projects/P/locations/R/jobs/J/executions/E`; any agent can cancel or inspect it.
 
-**Watching** is one loop per backend for every execution it launched: each round reads
-every execution (concurrently, one thread each) every `watch_interval`; a completed one
-has its tasks read for the exit code and signal, its job deleted, and its waiter woken.
-An execution that has not started within the start deadline (the job's `timeout` unless
-the backend was given one) is cancelled and reported START_FAILED.
+**Watching** is the agent's one watch engine (agent/backends/engine.py) with
+`watch.Executions` as its platform: each round reads every execution (one call each,
+concurrently) every `watch_interval`; a completed one has its tasks read for the exit code
+and signal, its job deleted, and its waiter woken. An execution that has not started
+within the start deadline (the job's `timeout` unless the backend was given one) is
+cancelled and reported START_FAILED.
+
+**Finding** a run's workload (`find`, for an agent that did not launch it) needs no state:
+the job's name comes from the rebuilt payload, its `prefect-io-flow-run-id` label must be
+the run's, and its newest execution is the run's one.
 
 Kill cancels the execution (Cloud Run sends SIGTERM, then SIGKILL); the watch loop then
 sees it cancelled and cleans up. `grace` is Cloud Run's to apply.
@@ -26,201 +31,99 @@ sees it cancelled and cleans up. `grace` is Cloud Run's to apply.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import re
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, TypeVar
+from typing import ClassVar, Final
 
 import anyio
-from anyio import to_thread
 
-from agent.backends.base import BackendUnavailable, Handle, InfrastructureNotFound, Job, LaunchError
-from agent.backends.cloud_run.client import ClientCache, Clients, call
-from agent.backends.cloud_run.spec import JobSpec, job_spec
-from agent.backends.cloud_run.status import condition_message, has_time, outcome_of, started
+from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, Job
+from agent.backends.cloud_run.client import ClientCache, Clients
+from agent.backends.cloud_run.spec import job_spec
+from agent.backends.cloud_run.status import outcome_of
+from agent.backends.cloud_run.steps import CloudRunSteps
+from agent.backends.cloud_run.watch import Executions, ExecutionState, delete_job
+from agent.backends.engine import Watched, WatchEngine
+from agent.infra.cloud_run import CloudRunRuntime
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
-from agent.retry import RetryPolicy
 
 __all__ = ["CloudRunBackend"]
 
-T = TypeVar("T")
 _PID: Final = re.compile(r"^(?P<job>projects/[^/]+/locations/[^/]+/jobs/[^/]+)/executions/[^/]+$")
-_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
-_NAME: Final = re.compile(r"[\w.\[\]]+")
-_CREATE_WAIT: Final = 120.0  # seconds for the create LRO (the job becoming Ready)
 log = get_logger("agent.backends.cloud_run")
-
-
-@dataclass
-class _Watched:
-    handle: Handle
-    clients: Clients
-    delete_job: bool
-    timeout: int | None
-    start_within: float | None  # seconds from launch; None: no deadline (not launched here)
-    start_deadline: float | None = None  # monotonic; None once started
-    done: anyio.Event = field(default_factory=anyio.Event)
-    outcome: Outcome | None = None
-    killed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.start_within is not None:
-            self.start_deadline = time.monotonic() + self.start_within
-
-    @property
-    def job(self) -> str:
-        return self.handle.pid.rsplit("/executions/", 1)[0]
 
 
 class CloudRunBackend:
     kind: ClassVar[str] = "cloud-run"
     remote: ClassVar[bool] = True
+    runtime_type: ClassVar[type] = CloudRunRuntime
 
     def __init__(
-        self,
-        options: Any,
-        *,
-        credentials: Any = None,
-        start_timeout: float | None = None,
-        retry: RetryPolicy | None = None,
+        self, options: BackendOptions, *, credentials: object = None, start_timeout: float | None = None
     ) -> None:
         """`credentials` overrides every job's (tests: AnonymousCredentials);
         `start_timeout` overrides the start deadline taken from each job's `timeout`."""
-        self._interval = float(getattr(options, "watch_interval", 5.0))
-        self._cache = ClientCache(getattr(options, "gcp_endpoint", None), credentials)
+        self._steps = CloudRunSteps(ClientCache(options.gcp_endpoint, credentials), options.retry)
         self._start_timeout = start_timeout
-        self._retry = retry or RetryPolicy()
-        self._watched: dict[str, _Watched] = {}
-        self._loop: asyncio.Task[None] | None = None
+        self._engine: WatchEngine[ExecutionState] = WatchEngine(
+            "cloud-run", Executions(self._steps), interval=options.watch_interval, retry=options.retry
+        )
 
-    # -- launch -----------------------------------------------------------------------------
-
-    async def launch(self, job: Job) -> Handle:
+    async def launch(self, job: Job[CloudRunRuntime]) -> Handle[CloudRunRuntime]:
         spec = job_spec(job.payload)
-        config = job.config
-        clients = await self._thread(lambda: self._cache.get(getattr(config, "credentials", None)))
-        keep = bool(getattr(config, "keep_job", False))
-        created = await self._retried(lambda: _create_job(clients, spec))
+        runtime = job.runtime
+        clients = await self._steps.clients(runtime.credentials)
+        created = await self._steps.create_job(clients, spec)
         try:
-            execution = await self._run_once(clients, spec.name, look_first=not created)
+            execution = await self._steps.run_once(clients, spec.name, look_first=not created)
         except BaseException:
-            if not keep:  # a job whose execution never started is left behind by nobody
+            if not runtime.keep_job:  # a job whose execution never started is left behind by nobody
                 with anyio.CancelScope(shield=True):
-                    await self._delete_job(clients, spec.name)
+                    await delete_job(self._steps, clients, spec.name)
             raise
-        handle = Handle(self.kind, execution, job.flow_run_id)
-        timeout = getattr(config, "timeout", None)
-        deadline = self._start_timeout if self._start_timeout is not None else timeout
-        self._watch(_Watched(handle, clients, not keep, timeout, deadline))
+        handle = Handle(self.kind, execution, job.flow_run_id, runtime)
+        deadline = self._start_timeout if self._start_timeout is not None else runtime.timeout
+        state = ExecutionState(clients, delete_job=not runtime.keep_job, timeout=runtime.timeout)
+        self._engine.track(Watched(handle, state, start_within=deadline))
         log.info("started Cloud Run execution", flow_run_id=job.flow_run_id, execution=execution)
         return handle
 
-    async def _run_once(self, clients: Clients, job_name: str, *, look_first: bool) -> str:
-        """`run_job` is not idempotent: before each retry, adopt the execution that appeared."""
-        attempts = 0
-
-        def run() -> str:
-            nonlocal attempts
-            attempts += 1
-            if look_first or attempts > 1:
-                existing = _executions(clients, job_name)
-                if existing:  # the job is this run's alone: its execution is ours
-                    return existing[0]
-            operation = call(lambda: clients.jobs.run_job(name=job_name), "jobs.run", missing=LaunchError)
-            with contextlib.suppress(Exception):  # metadata is the Execution; else list it
-                if operation.metadata is not None and operation.metadata.name:
-                    return str(operation.metadata.name)
-            existing = _executions(clients, job_name)
-            if not existing:
-                raise BackendUnavailable(
-                    "Cloud Run jobs.run answered but no execution is listed yet (will retry)"
-                )
-            return existing[0]
-
-        return await self._retried(run)
-
-    # -- wait, inspect -----------------------------------------------------------------------
+    async def find(self, job: Job[CloudRunRuntime]) -> Handle[CloudRunRuntime] | None:
+        """The newest execution of the run's job: the job's name comes from the payload (derived
+        from the flow run id) and its flow-run label must be this run's."""
+        spec = job_spec(job.payload)
+        clients = await self._steps.clients(job.runtime.credentials)
+        execution = await self._steps.find(clients, spec)
+        return None if execution is None else Handle(self.kind, execution, job.flow_run_id, job.runtime)
 
     async def wait(self, handle: Handle) -> Outcome:
-        watched = self._watched.get(handle.pid)
+        watched = self._engine.get(handle.pid)
         if watched is None:  # launched by another agent (or before a restart): watch, keep its job
-            clients = await self._thread(lambda: self._cache.get(None))
-            watched = _Watched(handle, clients, False, None, None)
-            self._watch(watched)
-        await watched.done.wait()
-        assert watched.outcome is not None
-        return watched.outcome
+            state = ExecutionState(await self._clients(handle), delete_job=False, timeout=_timeout(handle))
+            watched = self._engine.track(Watched(handle, state))
+        return await self._engine.wait(watched)
 
     async def inspect(self, handle: Handle) -> Outcome | None:
-        watched = self._watched.get(handle.pid)
+        watched = self._engine.get(handle.pid)
         if watched is not None:
             return watched.outcome
-        clients = await self._thread(lambda: self._cache.get(None))
+        clients = await self._clients(handle)
         try:
-            return await self._thread(lambda: _read_outcome(clients, handle.pid, killed=False, timeout=None))
+            execution, tasks = await self._steps.read(clients, handle.pid, retry=True)
         except InfrastructureNotFound:
             return Outcome(Reason.LOST, detail=f"Cloud Run execution {handle.pid} no longer exists")
-
-    # -- the watch loop ------------------------------------------------------------------------
-
-    def _watch(self, watched: _Watched) -> None:
-        self._watched[watched.handle.pid] = watched
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.create_task(self._watch_loop())
-
-    async def _watch_loop(self) -> None:
-        while self._watched:
-            await anyio.sleep(self._interval)
-            async with anyio.create_task_group() as group:
-                for watched in list(self._watched.values()):
-                    group.start_soon(self._check, watched)
-
-    async def _check(self, watched: _Watched) -> None:
-        try:
-            outcome = await self._thread(lambda: _poll(watched))
-        except BackendUnavailable as exc:
-            log.info("Cloud Run status read failed; reading again next round", error=str(exc))
-            return
-        except InfrastructureNotFound:
-            outcome = Outcome(Reason.LOST, detail=f"Cloud Run execution {watched.handle.pid} was deleted")
-        except Exception as exc:  # never let one execution stop the loop for the others
-            log.warning("Cloud Run status read failed", error=str(exc), execution=watched.handle.pid)
-            return
-        if outcome is not None:
-            await self._finish(watched, outcome)
-
-    async def _finish(self, watched: _Watched, outcome: Outcome) -> None:
-        if watched.delete_job:
-            await self._delete_job(watched.clients, watched.job)
-        watched.outcome = outcome
-        self._watched.pop(watched.handle.pid, None)
-        watched.done.set()
-
-    async def _delete_job(self, clients: Clients, job_name: str) -> None:
-        def delete() -> None:
-            with contextlib.suppress(InfrastructureNotFound):
-                call(lambda: clients.jobs.delete_job(name=job_name).result(timeout=60), "jobs.delete")
-
-        try:
-            await self._retried(delete)
-        except Exception as exc:  # the outcome still counts; say what is left behind
-            log.warning("could not delete the Cloud Run job; delete it by hand", job=job_name, error=str(exc))
-
-    # -- kill -----------------------------------------------------------------------------------
+        if tasks is None:
+            return None
+        return outcome_of(execution, tasks, killed=False, timeout=_timeout(handle))
 
     async def kill(self, handle: Handle, grace: float) -> None:
-        watched = self._watched.get(handle.pid)
+        watched = self._engine.get(handle.pid)
         if watched is not None:
-            watched.killed = True
-            clients = watched.clients
+            watched.state.killed = True
+            clients = watched.state.clients
         else:
-            clients = await self._thread(lambda: self._cache.get(None))
-        await self._retried(lambda: _cancel(clients, handle.pid))
+            clients = await self._clients(handle)
+        await self._steps.cancel(clients, handle.pid)
 
     def parse_pid(self, pid: str, flow_run_id: str = "") -> Handle:
         if not _PID.match(pid):
@@ -228,107 +131,16 @@ class CloudRunBackend:
         return Handle(self.kind, pid, flow_run_id)
 
     async def aclose(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop
+        await self._engine.aclose()
 
-    @staticmethod
-    async def _thread(fn: Callable[[], T]) -> T:
-        return await to_thread.run_sync(fn)
-
-    async def _retried(self, fn: Callable[[], T]) -> T:
-        """A blocking SDK step in a thread, retried with the agent's one policy when transient."""
-
-        async def attempt() -> T:
-            return await to_thread.run_sync(fn)
-
-        return await self._retry.call(attempt, retry_on=(BackendUnavailable,))
-
-
-# -- blocking SDK steps (run in threads) -----------------------------------------------------------
-
-
-def _create_job(clients: Clients, spec: JobSpec) -> bool:
-    """Create the job and wait until it is ready; False when our own job already existed."""
-    from google.api_core import exceptions as gexc
-    from google.cloud import run_v2
-
-    try:
-        body = run_v2.Job.from_json(json.dumps(spec.body), ignore_unknown_fields=False)
-    except Exception as exc:  # ParseError: keep the field names, drop any quoted value
-        words = _QUOTED.sub(lambda m: m[0] if _NAME.fullmatch(m[0][1:-1]) else "'…'", str(exc))
-        raise LaunchError(f"the Cloud Run job body is not a valid v2 Job: {words[:300]}") from None
-
-    def create() -> Any:
-        try:
-            return clients.jobs.create_job(parent=spec.parent, job=body, job_id=spec.job_id)
-        except gexc.Conflict:  # a create whose answer was lost, or a name in use
-            return None
-
-    operation = call(create, "jobs.create", missing=LaunchError)
-    if operation is not None:
-        call(lambda: operation.result(timeout=_CREATE_WAIT), "jobs.create", missing=LaunchError)
-        return True
-    existing = call(lambda: clients.jobs.get_job(name=spec.name), "jobs.get", missing=LaunchError)
-    if (
-        spec.flow_run_label is not None
-        and existing.labels.get("prefect-io-flow-run-id") != spec.flow_run_label
-    ):
-        raise LaunchError(
-            f"a Cloud Run job named {spec.job_id} already exists and belongs to another flow run; "
-            "set the job variable 'name' to something else"
+    async def _clients(self, handle: Handle) -> Clients:
+        """The clients for a handle this agent did not launch: its runtime's credentials when
+        it was rebuilt with them, else Application Default Credentials."""
+        runtime = handle.runtime
+        return await self._steps.clients(
+            runtime.credentials if isinstance(runtime, CloudRunRuntime) else None
         )
-    return False
 
 
-def _executions(clients: Clients, job_name: str) -> list[str]:
-    listed = call(
-        lambda: list(clients.executions.list_executions(parent=job_name)),
-        "executions.list",
-        missing=LaunchError,
-    )
-    newest_first = sorted(
-        listed, key=lambda e: e.create_time.timestamp() if has_time(e, "create_time") else 0.0
-    )
-    return [e.name for e in reversed(newest_first)]
-
-
-def _poll(watched: _Watched) -> Outcome | None:
-    """One status read: the outcome once the execution has ended, None while it runs."""
-    clients, name = watched.clients, watched.handle.pid
-    execution = call(lambda: clients.executions.get_execution(name=name), "executions.get")
-    if has_time(execution, "completion_time"):
-        tasks = call(lambda: list(clients.tasks.list_tasks(parent=name)), "tasks.list")
-        return outcome_of(execution, tasks, killed=watched.killed, timeout=watched.timeout)
-    if started(execution):
-        watched.start_deadline = None
-    elif watched.start_deadline is not None and time.monotonic() > watched.start_deadline:
-        _cancel(clients, name)
-        waiting = condition_message(execution) or "still waiting for resources"
-        return Outcome(
-            Reason.START_FAILED,
-            detail=f"start timeout: the Cloud Run execution did not start within {watched.start_within:g} s "
-            f"({waiting}); flow-agent cancelled it",
-        )
-    return None
-
-
-def _read_outcome(clients: Clients, name: str, *, killed: bool, timeout: int | None) -> Outcome | None:
-    execution = call(lambda: clients.executions.get_execution(name=name), "executions.get")
-    if not has_time(execution, "completion_time"):
-        return None
-    tasks = call(lambda: list(clients.tasks.list_tasks(parent=name)), "tasks.list")
-    return outcome_of(execution, tasks, killed=killed, timeout=timeout)
-
-
-def _cancel(clients: Clients, name: str) -> None:
-    """Cancel an execution; already ended or gone is fine (kill is idempotent)."""
-    from google.api_core import exceptions as gexc
-
-    def cancel() -> None:
-        with contextlib.suppress(gexc.FailedPrecondition):  # it completed before the cancel arrived
-            clients.executions.cancel_execution(name=name)
-
-    with contextlib.suppress(InfrastructureNotFound):
-        call(cancel, "executions.cancel")
+def _timeout(handle: Handle) -> int | None:
+    return handle.runtime.timeout if isinstance(handle.runtime, CloudRunRuntime) else None

@@ -1,8 +1,9 @@
 """The Cloud Run v2 clients, their credentials, and the one place SDK errors are classified.
 
 Everything here is blocking (the `run_v2` REST clients): the backend calls it through
-`anyio.to_thread.run_sync`. Errors leave this module only as the backend errors of
-agent/backends/base.py, worded with the platform's own message and never with a secret.
+`agent.backends.sdk.SdkCalls` built with `classify`, so SDK errors leave the backend only
+as the errors of agent/backends/base.py, worded with the platform's own message and never
+with a secret.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import concurrent.futures
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -22,9 +23,8 @@ from google.cloud import run_v2
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
 
-__all__ = ["Clients", "ClientCache", "call"]
+__all__ = ["Clients", "ClientCache", "classify"]
 
-T = TypeVar("T")
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _TRANSIENT = (
     gexc.TooManyRequests,
@@ -45,36 +45,38 @@ class Clients:
     tasks: run_v2.TasksClient
 
 
-def call(fn: Callable[[], T], what: str, *, missing: type[BackendError] = InfrastructureNotFound) -> T:
-    """Run one blocking SDK call, mapping its errors (`what` names it in messages).
+def classify(
+    exc: Exception, what: str, *, missing: type[BackendError] = InfrastructureNotFound
+) -> BackendError:
+    """The backend error for an SDK exception (`what` names the call in messages).
 
     Not found is `missing`: InfrastructureNotFound for an execution we watch, LaunchError
     when the project, region or job a launch needs does not exist.
     """
-    try:
-        return fn()
-    except gexc.NotFound as exc:
+    if isinstance(exc, gexc.NotFound):
         hint = "; check the project and region" if missing is LaunchError else ""
-        raise missing(f"Cloud Run {what}: not found: {exc.message}{hint}") from None
-    except _TRANSIENT as exc:
-        raise BackendUnavailable(f"Cloud Run {what}: {_words(exc)} (will retry)") from None
-    except (gexc.Unauthenticated, gexc.PermissionDenied) as exc:
-        raise LaunchError(
+        return missing(f"Cloud Run {what}: not found: {exc.message}{hint}")
+    if isinstance(exc, _TRANSIENT):
+        return BackendUnavailable(f"Cloud Run {what}: {_words(exc)} (will retry)")
+    if isinstance(exc, gexc.Unauthenticated | gexc.PermissionDenied):
+        return LaunchError(
             f"Cloud Run {what}: {_words(exc)}; give the credentials the Cloud Run Developer role "
             "(run.jobs.* and run.executions.*) in this project"
-        ) from None
-    except gexc.GoogleAPICallError as exc:  # 400, 409 outside create, 412: the request is wrong
-        raise LaunchError(f"Cloud Run {what}: {_words(exc)}") from None
-    except auth_exc.DefaultCredentialsError:
-        raise LaunchError(
+        )
+    if isinstance(exc, gexc.GoogleAPICallError):  # 400, 409 outside create, 412: the request is wrong
+        return LaunchError(f"Cloud Run {what}: {_words(exc)}")
+    if isinstance(exc, auth_exc.DefaultCredentialsError):
+        return LaunchError(
             "no Google credentials: give the GcpCredentials block service_account_info, or set up "
             "Application Default Credentials for the agent"
-        ) from None
-    except (auth_exc.TransportError, auth_exc.RefreshError, ConnectionError, OSError) as exc:
+        )
+    if isinstance(exc, auth_exc.TransportError | auth_exc.RefreshError | ConnectionError | OSError):
         # RefreshError: the token endpoint failed; its text may quote the key's id, not the key
-        raise BackendUnavailable(f"Cloud Run {what}: {type(exc).__name__} (will retry)") from None
-    except concurrent.futures.TimeoutError:
-        raise BackendUnavailable(f"Cloud Run {what}: no answer in time (will retry)") from None
+        return BackendUnavailable(f"Cloud Run {what}: {type(exc).__name__} (will retry)")
+    if isinstance(exc, concurrent.futures.TimeoutError):
+        return BackendUnavailable(f"Cloud Run {what}: no answer in time (will retry)")
+    # anything else: its text is not ours to show (it may quote a request), its type is
+    return BackendError(f"Cloud Run {what}: unexpected {type(exc).__name__}")
 
 
 def _words(exc: gexc.GoogleAPICallError) -> str:
@@ -96,7 +98,7 @@ class ClientCache:
         key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest() if info else "adc"
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = call(lambda: self._build(info), "credentials", missing=LaunchError)
+                self._clients[key] = self._build(info)
             return self._clients[key]
 
     def _build(self, info: Mapping[str, Any] | None) -> Clients:

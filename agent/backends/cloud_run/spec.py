@@ -42,6 +42,12 @@ class JobSpec:
         value = (self.body.get("labels") or {}).get(_FLOW_RUN_LABEL)
         return value if isinstance(value, str) else None
 
+    def owns(self, labels: Mapping[str, str]) -> bool:
+        """Whether an existing job with these labels is this run's (a 409 on create, a lookup):
+        its flow-run label is the payload's; without one in the payload, the run-derived
+        job name is the only evidence there is."""
+        return self.flow_run_label is None or labels.get(_FLOW_RUN_LABEL) == self.flow_run_label
+
 
 def job_spec(payload: Mapping[str, Any]) -> JobSpec:
     body = payload.get("job")

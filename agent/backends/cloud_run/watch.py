@@ -1,0 +1,98 @@
+"""What the watch engine needs to know about Cloud Run executions (`engine.Platform`).
+
+Executions cannot be read in batches: each watch round reads every execution with one
+`executions.get` (the engine runs them concurrently); a completed one also has its tasks
+listed, for the exit code and signal of their last attempts. A missed start deadline
+cancels the execution and reports START_FAILED with the platform's reason for waiting;
+the end deletes the per-run job unless `keep_job`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
+from agent.backends.cloud_run.client import Clients
+from agent.backends.cloud_run.status import condition_message, outcome_of, started
+from agent.backends.cloud_run.steps import CloudRunSteps, Status
+from agent.backends.engine import Watched
+from agent.observe.logging import get_logger
+from agent.outcome import Outcome, Reason
+
+__all__ = ["ExecutionState", "Executions"]
+
+log = get_logger("agent.backends.cloud_run")
+
+
+@dataclass(eq=False)
+class ExecutionState:
+    """The backend's own part of one watched execution."""
+
+    clients: Clients
+    delete_job: bool  # launched here without keep_job; an adopted run's job is left alone
+    timeout: int | None  # the job's task timeout, named when a task is stopped at it
+    killed: bool = False  # cancelled by this agent: the end is KILLED by flow-agent
+    last: Any = None  # the execution as last read: its conditions say why it has not started
+
+
+def job_of(execution: str) -> str:
+    return execution.rsplit("/executions/", 1)[0]
+
+
+class Executions:
+    batch_size = 1  # no batched read exists for executions
+
+    def __init__(self, steps: CloudRunSteps) -> None:
+        self._steps = steps
+
+    def batch_key(self, watched: Watched[ExecutionState]) -> Hashable:
+        return watched.pid
+
+    async def read(self, batch: Sequence[Watched[ExecutionState]]) -> Mapping[str, Status]:
+        answer: dict[str, Status] = {}
+        for watched in batch:
+            try:
+                answer[watched.pid] = await self._steps.read(watched.state.clients, watched.pid, retry=False)
+            except InfrastructureNotFound:
+                continue  # absent from the answer: the execution is gone
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:  # e.g. permission denied: read again next round
+                raise BackendUnavailable(str(exc)) from None
+        return answer
+
+    def conclude(self, watched: Watched[ExecutionState], status: Status | None) -> Outcome | None:
+        if status is None:
+            return Outcome(Reason.LOST, detail=f"Cloud Run execution {watched.pid} was deleted")
+        execution, tasks = status
+        watched.state.last = execution
+        if tasks is not None:
+            return outcome_of(execution, tasks, killed=watched.state.killed, timeout=watched.state.timeout)
+        if started(execution):
+            watched.started = True
+        return None
+
+    async def overdue(self, watched: Watched[ExecutionState], which: str) -> Outcome | None:
+        # only a start deadline is set: Cloud Run enforces the job's own timeout itself
+        await self._steps.cancel(watched.state.clients, watched.pid, retry=False)
+        last = watched.state.last
+        waiting = (condition_message(last) if last is not None else "") or "still waiting for resources"
+        return Outcome(
+            Reason.START_FAILED,
+            detail=f"start timeout: the Cloud Run execution did not start within {watched.start_within:g} s "
+            f"({waiting}); flow-agent cancelled it",
+        )
+
+    async def clean_up(self, watched: Watched[ExecutionState], outcome: Outcome) -> None:
+        if watched.state.delete_job:
+            await delete_job(self._steps, watched.state.clients, job_of(watched.pid))
+
+
+async def delete_job(steps: CloudRunSteps, clients: Clients, job_name: str) -> None:
+    """Delete a run's job; a failure is logged, not raised: the outcome still counts."""
+    try:
+        await steps.delete_job(clients, job_name)
+    except BackendError as exc:
+        log.warning("could not delete the Cloud Run job; delete it by hand", job=job_name, error=str(exc))
