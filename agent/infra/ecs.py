@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +57,20 @@ from agent.infra.fields import Command, EnvName, EnvValue
 from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 
-__all__ = ["EcsConfig", "EcsKind"]
+__all__ = ["EcsConfig", "EcsKind", "EcsRuntime"]
+
+
+@dataclass(frozen=True)
+class EcsRuntime:
+    """What the ECS backend needs beyond the payload: the payload says what to run, this
+    says with which credentials, how to finish the request and how to read the result."""
+
+    # an AwsCredentials block's data (None: boto3's default chain); holds keys
+    aws_credentials: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    vpc_id: str | None = None  # whose subnets fill an awsvpc request left without any
+    container_name: str = DEFAULT_CONTAINER  # the flow's container: its exit code is the run's
+    task_start_timeout_seconds: float = 0.0  # a task not RUNNING by then is stopped; 0: no limit
+    auto_deregister_task_definition: bool = False  # a new revision retires our older ones
 
 
 class _EcsTaskBlock(BaseModel):
@@ -104,8 +118,6 @@ class EcsKind:
     """The ECS kind: configuration from either source, and the ECS request payloads."""
 
     kind: ClassVar[str] = "ecs"
-    pool_types: ClassVar[tuple[str, ...]] = ("ecs",)
-    block_slug: ClassVar[str] = "ecs-task"
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> EcsConfig:
         data = dict(require_object(resolved, "job configuration", source))
@@ -141,6 +153,19 @@ class EcsKind:
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, EcsConfig)
         return [_retarget(op) for op in config.customizations]
+
+    def runtime(self, config: BaseModel) -> EcsRuntime:
+        assert isinstance(config, EcsConfig)
+        # the container the payload names, decided from the same (non-empty) definitions
+        containers = [c for c in config.task_definition.get("containerDefinitions") or [] if c]
+        td = None if config.task_definition_arn else {"containerDefinitions": containers}
+        return EcsRuntime(
+            aws_credentials=config.aws_credentials,
+            vpc_id=config.vpc_id,
+            container_name=container_name(config, td),
+            task_start_timeout_seconds=float(config.task_start_timeout_seconds),
+            auto_deregister_task_definition=config.auto_deregister_task_definition,
+        )
 
 
 def _retarget(op: dict[str, Any]) -> dict[str, Any]:

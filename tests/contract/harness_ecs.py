@@ -32,7 +32,7 @@ class EcsHarness:
         config = self._kind.config_from_pool(resolved, pool_type="ecs", source="contract")
         ctx = RunContext(name, name, deployment_id="contract-deployment", work_pool_name="contract")
         payload = self._kind.build_payload(config, ctx)
-        return Job(name, name, "ecs", payload, config)
+        return Job(name, name, "ecs", payload, self._kind.runtime(config))
 
     @staticmethod
     def _arn(handle: Handle) -> str:

@@ -16,15 +16,12 @@ from typing import Any
 
 import anyio
 import pytest
-from support.moto_ecs import OOM_REASON, MotoEcs, ecs_template, moto_ecs
+from support.moto_ecs import OOM_REASON, MotoEcs, ecs_job, ecs_template, moto_ecs
 from support.prefect_api import PrefectAPI, state_message, state_type, wait_for
 
 from agent.backends import BackendOptions
 from agent.backends.base import Job, LaunchError
 from agent.backends.ecs import EcsBackend
-from agent.infra import resolve_job_configuration
-from agent.infra.ecs import EcsKind
-from agent.infra.spec import RunContext
 
 pytestmark = pytest.mark.integration
 
@@ -175,12 +172,7 @@ def test_cancel_stops_the_task(
 
 
 def _job(moto: MotoEcs, run_id: str) -> Job:
-    kind = EcsKind()
-    variables = {"image": IMAGE, "aws_credentials": moto.credentials, "launch_type": "FARGATE"}
-    resolved = resolve_job_configuration(ecs_template(), variables, None, source="reuse")
-    config = kind.config_from_pool(resolved, pool_type="ecs", source="reuse")
-    ctx = RunContext(run_id, run_id, deployment_id="dep-reuse", work_pool_name="reuse", env={"RUN": run_id})
-    return Job(run_id, run_id, "ecs", kind.build_payload(config, ctx), config)
+    return ecs_job(moto, run_id, IMAGE)
 
 
 @pytest.mark.anyio

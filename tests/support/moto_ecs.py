@@ -5,23 +5,38 @@ here and tests mutate its backend models directly (moto internals, pinned to mot
 /work/shared/reference/test-doubles.md §1). Quirks handled here: container memory is
 required even on Fargate (the caller adds it), awsvpc needs DNS hostnames on the VPC, and
 the task state manager is frozen so tasks stay RUNNING until a test ends them.
+
+Where moto departs from what the ECS API reference says, the calls the backend relies on
+are made to behave as documented (`_as_documented`, installed with the server):
+* RunTask is idempotent by `clientToken` within a cluster: the same token with the same
+  parameters returns the original tasks, with other parameters a ConflictException (moto
+  ignores the token and starts another task); `startedBy` takes up to 36 letters, digits,
+  `-`, `/` and `_`; a task has its `createdAt`;
+* ListTasks lists desiredStatus RUNNING when no status is given (moto: every task),
+  refuses `startedBy` with another filter, and pages at `maxResults` (default 100) with a
+  `nextToken` (moto: one page).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import httpx
 
-from agent.infra import default_base_job_template
+from agent.backends.base import Job
+from agent.infra import default_base_job_template, resolve_job_configuration
+from agent.infra.ecs import EcsKind
+from agent.infra.spec import RunContext
 
-__all__ = ["ACCOUNT", "OOM_REASON", "REGION", "MotoEcs", "ecs_template", "moto_ecs"]
+__all__ = ["ACCOUNT", "OOM_REASON", "REGION", "MotoEcs", "ecs_job", "ecs_template", "moto_ecs"]
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 
@@ -29,6 +44,9 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 _lock = threading.Lock()
 _server: Any = None
+_tokens: dict[tuple[str, str], tuple[str, list[Any]]] = {}  # (cluster, clientToken) -> (request, tasks)
+_tokens_lock = threading.Lock()
+_STARTED_BY = re.compile(r"[a-zA-Z0-9_/-]{1,36}")
 
 
 def ecs_template(start_timeout: int | None = None) -> dict[str, Any]:
@@ -39,6 +57,25 @@ def ecs_template(start_timeout: int | None = None) -> dict[str, Any]:
     if start_timeout is not None:
         config["task_start_timeout_seconds"] = start_timeout
     return template
+
+
+def ecs_job(
+    moto: MotoEcs,
+    run_id: str,
+    image: str,
+    *,
+    credentials: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Job:
+    """The Job of `run_id` as an agent builds it (template, config, payload, runtime): any
+    agent that rebuilds it from the run's pool and deployment gets the same one."""
+    kind = EcsKind()
+    variables = {"image": image, "aws_credentials": credentials or moto.credentials, "launch_type": "FARGATE"}
+    resolved = resolve_job_configuration(ecs_template(), variables, None, source="reuse")
+    config = kind.config_from_pool(resolved, pool_type="ecs", source="reuse")
+    env = {"RUN": run_id} if env is None else env
+    ctx = RunContext(run_id, run_id, deployment_id="dep-reuse", work_pool_name="reuse", env=env)
+    return Job(run_id, run_id, "ecs", kind.build_payload(config, ctx), kind.runtime(config))
 
 
 @dataclass
@@ -78,6 +115,8 @@ class MotoEcs:
     def reset(self, cluster: str = "default") -> None:
         """Empty state, tasks frozen in RUNNING, `cluster` created, default VPC usable."""
         httpx.post(f"{self.url}/moto-api/reset").raise_for_status()
+        with _tokens_lock:
+            _tokens.clear()
         from moto.moto_api import state_manager
 
         state_manager.set_transition(
@@ -161,6 +200,62 @@ class MotoEcs:
             EC2ContainerServiceBackend.run_task = original  # type: ignore[method-assign]
 
 
+def _as_documented() -> None:
+    """RunTask and ListTasks as the ECS API reference describes them (see the module doc)."""
+    from moto.core.responses import ActionResult
+    from moto.ecs.exceptions import ECSException, InvalidParameterException
+    from moto.ecs.responses import EC2ContainerServiceResponse
+
+    original = EC2ContainerServiceResponse.run_task
+
+    def run_task(self: Any) -> Any:
+        result = original(self)
+        for task in result.result["tasks"]:
+            task.created_at = dt.datetime.now(dt.UTC)
+        return result
+
+    def idempotent_run_task(self: Any) -> Any:
+        started_by = self._get_param("startedBy")
+        if started_by is not None and not _STARTED_BY.fullmatch(started_by):
+            raise InvalidParameterException("startedBy: up to 36 letters, numbers, -, / and _")
+        token = self._get_param("clientToken")
+        if not token:
+            return run_task(self)
+        key = (str(self._get_param("cluster", "default")).rsplit("/", 1)[-1], token)
+        request = json.dumps(
+            {k: v for k, v in json.loads(self.body).items() if k != "clientToken"}, sort_keys=True
+        )
+        with _tokens_lock:
+            if key in _tokens:
+                if _tokens[key][0] != request:
+                    raise ECSException("ConflictException", "the client token was used with other parameters")
+                return ActionResult({"tasks": _tokens[key][1], "failures": []})
+            result = run_task(self)
+            _tokens[key] = (request, list(result.result["tasks"]))
+            return result
+
+    def documented_list_tasks(self: Any) -> Any:
+        filters = [self._get_param(name) for name in ("containerInstance", "family", "serviceName")]
+        started_by = self._get_param("startedBy")
+        if started_by and (any(filters) or self._get_param("launchType")):
+            raise InvalidParameterException("startedBy must be the only filter")
+        desired = self._get_param("desiredStatus") or "RUNNING"
+        cluster = self._get_param("cluster", "default")
+        arns = [
+            t.task_arn
+            for t in self.ecs_backend.list_tasks(cluster, *filters[:2], started_by, filters[2], desired)
+        ]
+        size = min(int(self._get_param("maxResults") or 100), 100)
+        start = int(self._get_param("nextToken") or 0)
+        page: dict[str, Any] = {"taskArns": arns[start : start + size]}
+        if start + size < len(arns):
+            page["nextToken"] = str(start + size)
+        return ActionResult(page)
+
+    EC2ContainerServiceResponse.run_task = idempotent_run_task  # type: ignore[method-assign]
+    EC2ContainerServiceResponse.list_tasks = documented_list_tasks  # type: ignore[method-assign]
+
+
 def moto_ecs() -> MotoEcs:
     """The session's moto server (started on first use; it dies with the test process)."""
     global _server
@@ -168,6 +263,7 @@ def moto_ecs() -> MotoEcs:
         if _server is None:
             from moto.server import ThreadedMotoServer
 
+            _as_documented()
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             _server = server

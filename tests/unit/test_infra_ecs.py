@@ -15,6 +15,7 @@ from support.golden import assert_golden, render_payload, run_context
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.ecs import EcsConfig, EcsKind
 from agent.infra.spec import RunContext
+from agent.registry import REGISTRY
 
 SOURCE = "deployment 'etl/daily'"
 RUN_ID = "0c5b6a4e-1111-4222-8333-444455556666"
@@ -87,7 +88,9 @@ NETWORK_OPS = [
 
 class TestKind:
     def test_identity(self) -> None:
-        assert (EcsKind.kind, EcsKind.pool_types, EcsKind.block_slug) == ("ecs", ("ecs",), "ecs-task")
+        entry = REGISTRY.get(EcsKind.kind)  # the pool types and block slug are the registry's
+        assert entry is not None
+        assert (EcsKind.kind, entry.pool_types, entry.block_slug) == ("ecs", ("ecs",), "ecs-task")
 
     def test_template_has_prefects_variables(self) -> None:
         variables = default_base_job_template("ecs")["variables"]["properties"]

@@ -1,9 +1,10 @@
 """AWS ECS: each flow run is one ECS task (extra `ecs`, boto3).
 
-backend.py   EcsBackend: launch (RunTask), wait, kill (StopTask), inspect, parse_pid
+backend.py   EcsBackend: launch (RunTask), find, wait, kill (StopTask), inspect, parse_pid
 taskdefs.py  task definitions reused by content digest, shared across agents by a tag
-watch.py     one loop for all tasks: batched DescribeTasks, start deadlines, outcomes
-aws.py       sessions and clients per credentials; SDK errors mapped in one place
+watch.py     the watch engine's ECS platform: batched DescribeTasks, start deadlines, outcomes
+lookup.py    a run's task found by its `startedBy` (ListTasks), for an agent that did not launch it
+aws.py       sessions and clients per credentials; SDK errors classified in one place
 """
 
 from __future__ import annotations

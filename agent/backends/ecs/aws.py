@@ -1,11 +1,12 @@
 """AWS sessions and clients for the ECS backend, and the one place SDK errors are mapped.
 
 A run's credentials are the default boto3 chain, or the fields of an `AwsCredentials`
-block (`job.config.aws_credentials`): keys, profile, region, `aws_client_parameters`
+block (`EcsRuntime.aws_credentials`): keys, profile, region, `aws_client_parameters`
 (endpoint_url, verify, use_ssl, config) and `assume_role_arn`. Clients are cached by a
 digest of those fields, so runs that share credentials share a connection pool. botocore
-retries are switched off: throttling and 5xx become `BackendUnavailable`, retried by the
-agent's one policy (or by the next watch tick).
+retries are switched off: `translate` (the backend's one classifier, given to `SdkCalls`)
+makes throttling and 5xx a `BackendUnavailable`, retried by the agent's one policy (or by
+the next watch tick).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import boto3
@@ -25,11 +26,9 @@ import botocore.exceptions
 from botocore.config import Config
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
-from agent.retry import RetryPolicy
+from agent.backends.sdk import SdkCalls
 
-__all__ = ["Aws", "AwsClients", "NOT_FOUND", "call", "retried", "translate"]
-
-T = TypeVar("T")
+__all__ = ["Aws", "AwsClients", "NOT_FOUND", "translate"]
 
 _THROTTLED = frozenset(
     {
@@ -63,7 +62,6 @@ _CONFIG_ERRORS = (
     botocore.exceptions.ProfileNotFound,
 )
 _ASSUMED_LIFETIME = 3000.0  # seconds; STS credentials last an hour, renew well before
-_POLICY = RetryPolicy(initial=1.0, maximum=20.0, budget=120.0)
 
 
 @dataclass(frozen=True)
@@ -113,27 +111,11 @@ def translate(exc: BaseException, what: str) -> BackendError:
     raise exc
 
 
-async def call(what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """One blocking SDK call in a worker thread, its errors mapped."""
-    try:
-        return await anyio.to_thread.run_sync(lambda: fn(**kwargs))
-    except Exception as exc:  # noqa: BLE001 - mapped at this one boundary
-        raise translate(exc, what) from None
-
-
-async def retried(what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """`call`, retried with the agent's policy while AWS throttles or is unavailable."""
-
-    async def once() -> T:  # a coroutine function: tenacity awaits only those
-        return await call(what, fn, **kwargs)
-
-    return await _POLICY.call(once, retry_on=(BackendUnavailable,))
-
-
 class AwsClients:
     """Clients by credentials; created in a worker thread (boto3 sessions are not thread safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sdk: SdkCalls) -> None:
+        self._sdk = sdk
         self._cache: dict[str, Aws] = {}
         self._lock = threading.Lock()
         self._creating: dict[str, anyio.Lock] = {}  # a burst of launches creates one session
@@ -145,16 +127,9 @@ class AwsClients:
             cached = self._cache.get(key)
             if cached is not None and cached.expires > time.monotonic():
                 return cached
-            try:
-                aws = await anyio.to_thread.run_sync(self._create, key, creds)
-            except Exception as exc:  # noqa: BLE001 - mapped at the boundary
-                raise translate(exc, "creating the AWS session") from None
+            aws = await self._sdk(lambda: self._create(key, creds), "creating the AWS session")
             self._cache[key] = aws
             return aws
-
-    async def for_region(self, region: str) -> Aws:
-        """Default-chain clients in `region`: for handles rebuilt from an infrastructure_pid."""
-        return await self.get({"region_name": region} if region else None)
 
     def _create(self, key: str, creds: dict[str, Any]) -> Aws:
         with self._lock:

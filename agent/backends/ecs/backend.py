@@ -4,12 +4,13 @@ Launch: the task definition in the payload is reused or registered (taskdefs.py;
 task definition ARN is used as is), empty awsvpc subnets are filled from `vpc_id` or the
 default VPC (only when the request, customizations applied, still has none), and
 `RunTask` is sent with a client token, so a retry after a lost answer cannot start a
-second task. `failures` in the answer fail the run with AWS's reason.
+second task, and with the run as `startedBy`, so that any agent can find the task from the
+run alone (`find`, lookup.py). `failures` in the answer fail the run with AWS's reason.
 
-Wait: one loop for all tasks (watch.py). Outcome: the flow container's exit code; OOM
-when its `reason` says OutOfMemoryError (even with exit code 0) or the code is 137;
-`stopCode` and `stoppedReason` in the detail. Kill: `StopTask` with a reason; ECS sends
-SIGTERM and SIGKILL after the container's `stopTimeout`, so `grace` is not ours to set.
+Wait: the one watch engine with ECS's platform (watch.py). Outcome: the flow container's
+exit code; OOM when its `reason` says OutOfMemoryError (even with exit code 0) or the code
+is 137; `stopCode` and `stoppedReason` in the detail. Kill: `StopTask` with a reason; ECS
+sends SIGTERM and SIGKILL after the container's `stopTimeout`, so `grace` is not ours.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import copy
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-from agent.backends.base import Handle, InfrastructureNotFound, Job, LaunchError
-from agent.backends.ecs.aws import Aws, AwsClients, retried
+from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, Job, LaunchError
+from agent.backends.ecs.aws import Aws, AwsClients, translate
+from agent.backends.ecs.lookup import find_task, run_marker
 from agent.backends.ecs.taskdefs import TaskDefinitions
-from agent.backends.ecs.watch import KILL_REASON, Watched, Watcher, task_outcome
-from agent.infra.ecs_payload import container_name
+from agent.backends.ecs.watch import KILL_REASON, EcsPlatform, TaskState, task_outcome
+from agent.backends.engine import Watched, WatchEngine
+from agent.backends.sdk import SdkCalls
+from agent.infra.ecs import EcsRuntime
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
-
-if TYPE_CHECKING:
-    from agent.backends import BackendOptions
 
 __all__ = ["EcsBackend"]
 
@@ -39,30 +40,32 @@ _SUBNETS_TTL: Final = 600.0  # seconds a VPC's subnet list is reused
 class EcsBackend:
     kind: ClassVar[str] = "ecs"
     remote: ClassVar[bool] = True
+    runtime_type: ClassVar[type] = EcsRuntime
 
-    def __init__(self, options: BackendOptions | None = None) -> None:
-        interval = options.watch_interval if options is not None else 5.0
-        self._clients = AwsClients()
-        self._taskdefs = TaskDefinitions()
-        self._watcher = Watcher(interval)
+    def __init__(self, options: BackendOptions) -> None:
+        self._sdk = SdkCalls(options.retry, translate)
+        self._clients = AwsClients(self._sdk)
+        self._taskdefs = TaskDefinitions(self._sdk)
+        self._engine: WatchEngine[TaskState] = WatchEngine(
+            "ecs", EcsPlatform(self._sdk), interval=options.watch_interval, retry=options.retry
+        )
         self._subnets: dict[tuple[str, str], tuple[float, list[str]]] = {}
 
     # -- launch --------------------------------------------------------------------------------
 
-    async def launch(self, job: Job) -> Handle:
+    async def launch(self, job: Job[EcsRuntime]) -> Handle[EcsRuntime]:
         try:
             return await self._launch(job)
         except InfrastructureNotFound as exc:  # a missing cluster or definition: the job's fault
             raise LaunchError(str(exc)) from None
 
-    async def _launch(self, job: Job) -> Handle:
-        config = job.config
-        log = get_logger("agent.backends.ecs", flow_run_id=job.flow_run_id, ship=True)
-        aws = await self._clients.get(getattr(config, "aws_credentials", None))
+    async def _launch(self, job: Job[EcsRuntime]) -> Handle[EcsRuntime]:
+        runtime = job.runtime
+        aws = await self._clients.get(runtime.aws_credentials)
         td = job.payload.get("task_definition")
         td = _with_log_region(td, aws.region) if isinstance(td, Mapping) else None
         request = copy.deepcopy(dict(job.payload.get("run_task") or {}))
-        deregister = bool(getattr(config, "auto_deregister_task_definition", False))
+        deregister = runtime.auto_deregister_task_definition
         if td is not None:
             request["taskDefinition"] = await self._taskdefs.resolve(
                 aws, td, deregister_superseded=deregister
@@ -71,34 +74,27 @@ class EcsBackend:
             raise LaunchError(
                 "no task definition: set task_definition_arn or an image for the task definition"
             )
-        await self._fill_subnets(aws, request, getattr(config, "vpc_id", None))
+        await self._fill_subnets(aws, request, runtime.vpc_id)
+        if not request.get("startedBy"):  # a customization removed it: `find` needs it
+            request["startedBy"] = run_marker(job.flow_run_id)
         # one token for every retry of this launch: ECS starts at most one task for it
         request.setdefault("clientToken", uuid.uuid4().hex)
         task = await self._run_task(aws, request, td, deregister)
-        cluster, arn = (
-            str(task.get("clusterArn") or request.get("cluster") or "default"),
-            str(task["taskArn"]),
-        )
-        handle = Handle(self.kind, f"{cluster}::{arn}", job.flow_run_id)
+        cluster = str(task.get("clusterArn") or request.get("cluster") or "default")
+        arn = str(task["taskArn"])
+        handle = Handle(self.kind, f"{cluster}::{arn}", job.flow_run_id, runtime)
+        log = get_logger("agent.backends.ecs", flow_run_id=job.flow_run_id, ship=True)
         log.info("created ECS task", task=arn, task_definition=task.get("taskDefinitionArn"))
-        self._watcher.add(
-            Watched(
-                handle.pid,
-                aws,
-                cluster,
-                arn,
-                container=container_name(config, td) if config is not None else None,
-                start_timeout=float(getattr(config, "task_start_timeout_seconds", 0) or 0),
-                flow_run_id=job.flow_run_id,
-            )
-        )
+        state = TaskState(aws, cluster, arn, container=runtime.container_name)
+        start_within = runtime.task_start_timeout_seconds or None
+        self._engine.track(Watched(handle, state, start_within=start_within))
         return handle
 
     async def _run_task(
         self, aws: Aws, request: dict[str, Any], td: Mapping[str, Any] | None, deregister: bool
     ) -> dict[str, Any]:
         try:
-            answer = await retried("starting the ECS task", aws.ecs.run_task, **request)
+            answer = await self._sdk(lambda: aws.ecs.run_task(**request), "starting the ECS task")
         except LaunchError as exc:
             # a cached revision deregistered meanwhile (by a person, or another agent's cleanup)
             if td is None or "inactive" not in str(exc).lower():
@@ -107,7 +103,9 @@ class EcsBackend:
             request["taskDefinition"] = await self._taskdefs.resolve(
                 aws, td, deregister_superseded=deregister
             )
-            answer = await retried("starting the ECS task", aws.ecs.run_task, **request)
+            # another request (no task was started for the first): its own token
+            request["clientToken"] = uuid.uuid4().hex
+            answer = await self._sdk(lambda: aws.ecs.run_task(**request), "starting the ECS task")
         failures = answer.get("failures") or []
         if failures:
             first = failures[0]
@@ -126,60 +124,80 @@ class EcsBackend:
         key = (aws.key, vpc_id or "")
         cached = self._subnets.get(key)
         if cached is None or cached[0] < time.monotonic():
-            cached = (time.monotonic() + _SUBNETS_TTL, await _discover_subnets(aws, vpc_id))
+            cached = (time.monotonic() + _SUBNETS_TTL, await _discover_subnets(self._sdk, aws, vpc_id))
             self._subnets[key] = cached
         awsvpc["subnets"] = list(cached[1])
 
-    # -- wait, inspect -------------------------------------------------------------------------
+    # -- find, wait, inspect ---------------------------------------------------------------------
+
+    async def find(self, job: Job[EcsRuntime]) -> Handle[EcsRuntime] | None:
+        """The run's task by its `startedBy` (lookup.py); never starts or registers anything."""
+        aws = await self._clients.get(job.runtime.aws_credentials)
+        request = job.payload.get("run_task") or {}
+        task = await find_task(self._sdk, aws, request, job.flow_run_id)
+        if task is None:
+            return None
+        cluster = str(task.get("clusterArn") or request.get("cluster") or "default")
+        return Handle(self.kind, f"{cluster}::{task['taskArn']}", job.flow_run_id, job.runtime)
 
     async def wait(self, handle: Handle) -> Outcome:
-        watched = self._watcher.get(handle.pid) or await self._watch_foreign(handle)
-        await watched.done.wait()
-        assert watched.outcome is not None
-        return watched.outcome
+        watched = self._engine.get(handle.pid) or await self._watch_foreign(handle)
+        return await self._engine.wait(watched)
 
-    async def _watch_foreign(self, handle: Handle) -> Watched:
-        """A task this agent did not launch (before a restart): no deadline, no container name."""
+    async def _watch_foreign(self, handle: Handle) -> Watched[TaskState]:
+        """A task this agent did not launch (before a restart, found by `find`): no start
+        deadline, as its age is unknown."""
+        return self._engine.track(Watched(handle, await self._state_of(handle)))
+
+    async def _state_of(self, handle: Handle) -> TaskState:
+        """A task's state from its pid, with the run's credentials when the handle has them
+        (default chain otherwise) in the region its ARN names."""
         cluster, arn = _split(handle.pid)
-        aws = await self._clients.for_region(_region(arn))
-        return self._watcher.add(Watched(handle.pid, aws, cluster, arn, flow_run_id=handle.flow_run_id))
+        runtime = handle.runtime if isinstance(handle.runtime, EcsRuntime) else None
+        credentials = dict(runtime.aws_credentials or {}) if runtime is not None else {}
+        if _region(arn) and not credentials.get("region_name"):
+            credentials["region_name"] = _region(arn)
+        aws = await self._clients.get(credentials or None)
+        return TaskState(aws, cluster, arn, container=runtime.container_name if runtime else None)
 
     async def inspect(self, handle: Handle) -> Outcome | None:
-        watched = self._watcher.get(handle.pid)
+        watched = self._engine.get(handle.pid)
         if watched is not None and watched.outcome is not None:
             return watched.outcome
-        cluster, arn = _split(handle.pid)
-        aws = watched.aws if watched else await self._clients.for_region(_region(arn))
+        state = watched.state if watched is not None else await self._state_of(handle)
         try:
-            answer = await retried(
-                "describing the ECS task", aws.ecs.describe_tasks, cluster=cluster, tasks=[arn]
+            answer = await self._sdk(
+                lambda: state.aws.ecs.describe_tasks(cluster=state.cluster, tasks=[state.task_arn]),
+                "describing the ECS task",
             )
         except InfrastructureNotFound:
-            return Outcome(Reason.LOST, detail=f"ECS does not know task {arn}")
+            return Outcome(Reason.LOST, detail=f"ECS does not know task {state.task_arn}")
         tasks = answer.get("tasks") or []
         if not tasks:
-            return Outcome(Reason.LOST, detail=f"ECS does not know task {arn}")
+            return Outcome(Reason.LOST, detail=f"ECS does not know task {state.task_arn}")
         task = tasks[0]
         if task.get("lastStatus") != "STOPPED":
             return None
-        return task_outcome(task, watched or Watched(handle.pid, aws, cluster, arn, started=True))
+        return task_outcome(task, state, started=watched.started if watched is not None else True)
 
     # -- kill ------------------------------------------------------------------------------------
 
     async def kill(self, handle: Handle, grace: float) -> None:
-        watched = self._watcher.get(handle.pid)
-        if watched is not None and watched.outcome is not None:
+        watched = self._engine.get(handle.pid)
+        if watched is not None and watched.ending:
             return  # already stopped
-        cluster, arn = _split(handle.pid)
-        aws = watched.aws if watched else await self._clients.for_region(_region(arn))
+        state = watched.state if watched is not None else await self._state_of(handle)
         try:
-            await retried(
-                "stopping the ECS task", aws.ecs.stop_task, cluster=cluster, task=arn, reason=KILL_REASON
+            await self._sdk(
+                lambda: state.aws.ecs.stop_task(
+                    cluster=state.cluster, task=state.task_arn, reason=KILL_REASON
+                ),
+                "stopping the ECS task",
             )
         except InfrastructureNotFound:
             return  # gone already: nothing left to stop
         get_logger("agent.backends.ecs", flow_run_id=handle.flow_run_id, ship=True).info(
-            "asked ECS to stop the task", task=arn
+            "asked ECS to stop the task", task=state.task_arn
         )
 
     def parse_pid(self, pid: str, flow_run_id: str = "") -> Handle:
@@ -187,7 +205,7 @@ class EcsBackend:
         return Handle(self.kind, pid, flow_run_id)
 
     async def aclose(self) -> None:
-        await self._watcher.aclose()
+        await self._engine.aclose()
 
 
 def _split(pid: str) -> tuple[str, str]:
@@ -213,13 +231,12 @@ def _with_log_region(td: Mapping[str, Any], region: str) -> dict[str, Any]:
     return td
 
 
-async def _discover_subnets(aws: Aws, vpc_id: str | None) -> list[str]:
+async def _discover_subnets(sdk: SdkCalls, aws: Aws, vpc_id: str | None) -> list[str]:
     """Every subnet of `vpc_id`, or of the default VPC: Prefect's discovery."""
     if not vpc_id:
-        answer = await retried(
+        answer = await sdk(
+            lambda: aws.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}]),
             "finding the default VPC",
-            aws.ec2.describe_vpcs,
-            Filters=[{"Name": "isDefault", "Values": ["true"]}],
         )
         vpcs = answer.get("Vpcs") or []
         if not vpcs:
@@ -231,7 +248,7 @@ async def _discover_subnets(aws: Aws, vpc_id: str | None) -> list[str]:
     pages = aws.ec2.get_paginator("describe_subnets").paginate(
         Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]
     )
-    answer = await retried("listing the VPC's subnets", pages.build_full_result)
+    answer = await sdk(pages.build_full_result, "listing the VPC's subnets")
     subnets = sorted(str(s["SubnetId"]) for s in answer.get("Subnets") or [])
     if not subnets:
         raise LaunchError(

@@ -27,16 +27,15 @@ from typing import Any, Final
 import anyio
 
 from agent.backends.base import BackendError, BackendUnavailable
-from agent.backends.ecs.aws import Aws, call
+from agent.backends.ecs.aws import Aws
+from agent.backends.sdk import SdkCalls
 from agent.observe.logging import get_logger
-from agent.retry import RetryPolicy
 
 __all__ = ["HASH_TAG", "TaskDefinitions", "digest", "normalise"]
 
 HASH_TAG: Final = "flow-agent.io/taskdef-hash"
 _LOOKUP_DEPTH: Final = 25  # newest ACTIVE revisions of a family compared on a cache miss
 _SORTED_LISTS: Final = ("environment", "secrets", "environmentFiles")
-_POLICY: Final = RetryPolicy(initial=1.0, maximum=20.0, budget=180.0)
 
 log = get_logger("agent.backends.ecs")
 
@@ -81,7 +80,8 @@ def _revision(arn: str) -> tuple[str, int]:
 class TaskDefinitions:
     """The agent's view of the task definitions it runs, shared through AWS tags."""
 
-    def __init__(self) -> None:
+    def __init__(self, sdk: SdkCalls) -> None:
+        self._sdk = sdk
         self._cache: dict[tuple[str, str, str], str] = {}
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
 
@@ -99,7 +99,9 @@ class TaskDefinitions:
 
         async with lock:
             if key not in self._cache:
-                self._cache[key] = await _POLICY.call(find_or_register, retry_on=(BackendUnavailable,))
+                self._cache[key] = await self._sdk.retry.call(
+                    find_or_register, retry_on=(BackendUnavailable,)
+                )
         return self._cache[key]
 
     def forget(self, arn: str) -> None:
@@ -115,8 +117,8 @@ class TaskDefinitions:
             return found
         tags = [t for t in td.get("tags") or [] if t.get("key") != HASH_TAG]
         request = {**td, "tags": [*tags, {"key": HASH_TAG, "value": wanted}]}
-        answer = await call(
-            "registering the ECS task definition", aws.ecs.register_task_definition, **request
+        answer = await self._sdk.once(
+            lambda: aws.ecs.register_task_definition(**request), "registering the ECS task definition"
         )
         arn = str(answer["taskDefinition"]["taskDefinitionArn"])
         log.info("registered an ECS task definition", task_definition=arn)
@@ -126,22 +128,17 @@ class TaskDefinitions:
 
     async def _lookup(self, aws: Aws, family: str, wanted: str) -> tuple[str | None, list[str]]:
         """An ACTIVE revision tagged `wanted`, and our other tagged revisions of the family."""
-        answer = await call(
+        answer = await self._sdk.once(
+            lambda: aws.ecs.list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC"),
             "listing ECS task definitions",
-            aws.ecs.list_task_definitions,
-            familyPrefix=family,
-            status="ACTIVE",
-            sort="DESC",
         )
         arns = [a for a in answer.get("taskDefinitionArns") or [] if _revision(a)[0] == family]
         arns.sort(key=lambda a: _revision(a)[1], reverse=True)  # newest first, whatever the API did
         ours: list[str] = []
         for arn in arns[:_LOOKUP_DEPTH]:
-            described = await call(
+            described = await self._sdk.once(
+                lambda arn=arn: aws.ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"]),
                 "describing an ECS task definition",
-                aws.ecs.describe_task_definition,
-                taskDefinition=arn,
-                include=["TAGS"],
             )
             tags = {t.get("key"): t.get("value") for t in described.get("tags") or []}
             if tags.get(HASH_TAG) == wanted:
@@ -153,10 +150,9 @@ class TaskDefinitions:
     async def _deregister(self, aws: Aws, arns: list[str]) -> None:
         for arn in arns:
             try:
-                await call(
+                await self._sdk.once(
+                    lambda arn=arn: aws.ecs.deregister_task_definition(taskDefinition=arn),
                     "deregistering an ECS task definition",
-                    aws.ecs.deregister_task_definition,
-                    taskDefinition=arn,
                 )
             except BackendError as exc:  # housekeeping: never fails a launch
                 log.warning(
