@@ -153,6 +153,13 @@ class WatchEngine(Generic[S]):
         self._wake.set()
         return watched
 
+    def untrack(self, watched: Watched[S]) -> None:
+        """Stop watching a workload whose end is not decided (its waiter went away: the agent
+        is stopping and leaves it to whoever adopts it next): no more reads, deadlines or
+        cleanup touch it. A workload already ending is left to finish its cleanup."""
+        if not watched.ending and self._active.get(watched.pid) is watched:
+            del self._active[watched.pid]
+
     def get(self, pid: str) -> Watched[S] | None:
         return self._active.get(pid) or self._ended.get(pid)
 

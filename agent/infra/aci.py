@@ -30,6 +30,7 @@ import copy
 import re
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr
@@ -47,7 +48,15 @@ from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
-__all__ = ["ENV_SECRETS", "AciConfig", "AciCredentials", "AciKind", "AcrIdentity", "RegistryLogin"]
+__all__ = [
+    "ENV_SECRETS",
+    "AciConfig",
+    "AciCredentials",
+    "AciKind",
+    "AciRuntime",
+    "AcrIdentity",
+    "RegistryLogin",
+]
 
 ENV_SECRETS: Final = frozenset({"PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
 DEFAULT_ENTRYPOINT: Final = "/opt/prefect/entrypoint.sh"
@@ -126,12 +135,20 @@ class AciConfig(EnvHidingModel):
     customizations: tuple[dict[str, Any], ...] = Field(default=(), repr=False)
 
 
+@dataclass(frozen=True)
+class AciRuntime:
+    """What the ACI backend needs beyond the payload: the run's Azure identity, its start
+    deadline, and whether the container group is kept once the run is over."""
+
+    credentials: AciCredentials = field(default_factory=AciCredentials, repr=False)
+    start_timeout_seconds: float = 240.0
+    keep_container_group: bool = False
+
+
 class AciKind:
     """ACI container groups from `azure-container-instance` pools and blocks."""
 
     kind: ClassVar[str] = "aci"
-    pool_types: ClassVar[tuple[str, ...]] = ("azure-container-instance",)
-    block_slug: ClassVar[str] = "azure-container-instance-job"
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> AciConfig:
         require_template_object(resolved, "job configuration", source)
@@ -179,6 +196,14 @@ class AciKind:
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, AciConfig), type(config)
         return reroot(config.customizations, "/container_group")
+
+    def runtime(self, config: BaseModel) -> AciRuntime:
+        assert isinstance(config, AciConfig), type(config)
+        return AciRuntime(
+            credentials=config.aci_credentials,
+            start_timeout_seconds=float(config.task_start_timeout_seconds),
+            keep_container_group=bool(config.keep_container_group),
+        )
 
 
 # ---------------------------------------------------------------- building the payload

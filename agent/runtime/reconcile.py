@@ -166,7 +166,7 @@ class Reconciler:
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return 0  # it moved on while we looked: judge it again next pass
         if handle is not None:
-            log.info("adopting an orphaned run", flow_run_id=run.id, reason=verdict.reason, ship=True)
+            log.info("adopted an orphaned run", flow_run_id=run.id, reason=verdict.reason, ship=True)
             self._adopt(fresh, backend, handle, runs, report_pid=not run.infrastructure_pid)
             return 1
         return await self._no_workload(fresh, backend, owner, verdict)

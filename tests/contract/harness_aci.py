@@ -13,9 +13,8 @@ from typing import Any
 from azure.core.credentials import AccessToken
 from fakes.aci_fake import STATIC_TOKEN, AciFake
 
-from agent.backends import BackendOptions
 from agent.backends.aci import AciBackend
-from agent.backends.base import Handle, Job
+from agent.backends.base import BackendOptions, Handle, Job
 from agent.infra.aci import AciKind
 from agent.infra.spec import RunContext
 
@@ -57,7 +56,7 @@ class AciHarness:
         payload = self._kind.build_payload(
             config, RunContext(name, name, env={"PREFECT_API_URL": "http://x"})
         )
-        return Job(name, name, "aci", payload, config)
+        return Job(name, name, "aci", payload, self._kind.runtime(config))
 
     def _name(self, handle: Handle) -> str:
         return handle.pid.rsplit("/", 1)[1]

@@ -9,13 +9,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from azure.core.credentials import AccessToken
+from contract.harness_aci import StaticTokenCredential
 from fakes.aci_fake import SCENARIO_ENV, AciFake
 from support.prefect_api import PrefectAPI, state_message, state_type, wait_for
+
+from agent.backends.aci import AciBackend
+from agent.backends.base import BackendError, BackendOptions, Job
+from agent.infra.aci import AciKind
+from agent.infra.patch import apply_customizations
+from agent.infra.spec import RunContext
+from agent.outcome import Reason
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +233,146 @@ def test_a_stopped_agent_leaves_the_run_and_the_next_one_adopts_it(
     final = api.wait_for_state(run_id, "CRASHED", timeout=30)
     assert "exit code 3" in state_message(final)
     _gone(fake, group)
+
+
+# -- find(job): the group a run's launch made, looked up by a NEW backend from a rebuilt Job --
+# (the real SDK over HTTPS against the fake; no agent, no server)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _backend(fake: AciFake, credential: Any = None) -> AciBackend:
+    return AciBackend(
+        BackendOptions(watch_interval=0.1, azure_arm_endpoint=fake.url),
+        credential=credential or StaticTokenCredential(),
+        client_kwargs={"connection_verify": fake.ca_file},
+    )
+
+
+def _job(run_id: str, **variables: Any) -> Job:
+    """The run's job as any agent rebuilds it from its pool: the same kind, config and run."""
+    kind = AciKind()
+    resolved = {
+        "image": "registry.example/flows:1",
+        "resource_group_name": "rg-agents",
+        "subscription_id": SUBSCRIPTION,
+        "task_start_timeout_seconds": 30,
+        **variables,
+    }
+    config = kind.config_from_pool(resolved, pool_type="azure-container-instance", source="test")
+    context = RunContext(
+        run_id,
+        "nightly-run",
+        env={"PREFECT_API_URL": "http://x", "PREFECT__FLOW_RUN_ID": run_id},
+        labels={"prefect.io/flow-run-id": run_id, "prefect.io/flow-run-name": "nightly-run"},
+    )
+    payload = apply_customizations(
+        kind.build_payload(config, context),
+        kind.customizations(config),
+        field="customizations",
+        source="test",
+        target="payload",
+    )
+    return Job(run_id, "nightly-run", "aci", payload, kind.runtime(config))
+
+
+def _name(job: Job) -> str:
+    return str(job.payload["container_group_name"])
+
+
+@pytest.fixture
+async def finder(fake: AciFake) -> AsyncIterator[AciBackend]:
+    backend = _backend(fake)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def _launched_by_a_gone_agent(fake: AciFake, job: Job) -> Any:
+    """Launch `job` with a backend that then goes away (the agent died, maybe before the
+    server learned the pid): only Azure knows the group now."""
+    launcher = _backend(fake)
+    try:
+        return await launcher.launch(job)
+    finally:
+        await launcher.aclose()
+
+
+@pytest.mark.anyio
+async def test_find_a_running_group_then_its_real_end(fake: AciFake, finder: AciBackend) -> None:
+    run_id = str(uuid.uuid4())
+    handle = await _launched_by_a_gone_agent(fake, _job(run_id))
+    before = len(fake.requests)
+
+    found = await finder.find(_job(run_id))
+    assert found == handle and found is not None
+    assert found.runtime == _job(run_id).runtime  # the run's credentials and cleanup flag
+    assert await finder.inspect(found) is None  # alive
+    assert {method for method, _ in fake.requests[before:]} == {"GET"}  # find created nothing
+
+    fake.terminate(_name(_job(run_id)), 3)
+    ended = await finder.find(_job(run_id))
+    assert ended == handle
+    outcome = await finder.inspect(ended)  # type: ignore[arg-type]
+    assert outcome is not None and outcome.reason is Reason.EXITED and outcome.exit_code == 3
+
+    with anyio.fail_after(30):  # adopted: watched to its end, then cleaned up
+        assert (await finder.wait(ended)).exit_code == 3  # type: ignore[arg-type]
+    assert _name(_job(run_id)) not in fake.list_groups()
+    assert await finder.find(_job(run_id)) is None
+
+
+@pytest.mark.anyio
+async def test_find_returns_no_other_runs_group(fake: AciFake, finder: AciBackend) -> None:
+    other = str(uuid.uuid4())
+    handle = await _launched_by_a_gone_agent(fake, _job(other))
+    try:
+        assert await finder.find(_job(str(uuid.uuid4()))) is None  # another run: another name
+        assert await finder.find(_job(other)) == handle
+    finally:
+        await finder.kill(handle, 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "customizations",
+    [[], [{"op": "remove", "path": "/tags"}]],
+    ids=["by-tag-and-env", "by-env-alone"],
+)
+async def test_a_group_under_the_runs_name_that_says_it_is_another_runs_is_not_found(
+    fake: AciFake, finder: AciBackend, customizations: list[dict[str, Any]]
+) -> None:
+    # A group named as this run's would be (made by hand, or a name from a customized kind)
+    # whose run id tag and PREFECT__FLOW_RUN_ID say it belongs to another run.
+    mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+    job = _job(mine, customizations=customizations)
+    squatter = _job(other, customizations=customizations)
+    squatter = replace(squatter, payload={**squatter.payload, "container_group_name": _name(job)})
+    handle = await _launched_by_a_gone_agent(fake, squatter)
+    try:
+        assert ("tags" in fake.body(_name(job))) == (not customizations)
+        assert await finder.find(job) is None
+        assert await finder.find(replace(job, flow_run_id=other)) == handle
+    finally:
+        await finder.kill(handle, 0)
+
+
+@pytest.mark.anyio
+async def test_no_group_is_none_and_unknown_is_an_error(fake: AciFake, finder: AciBackend) -> None:
+    assert await finder.find(_job(str(uuid.uuid4()))) is None
+    assert await finder.find(_job(str(uuid.uuid4()), resource_group_name="rg-gone")) is None
+
+    class Refused:  # a token ARM does not accept: the lookup cannot tell, so it must not say "none"
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            return AccessToken("not-a-token-the-fake-issued", int(time.time()) + 3600)
+
+    refused = _backend(fake, Refused())
+    try:
+        with pytest.raises(BackendError):
+            await refused.find(_job(str(uuid.uuid4())))
+    finally:
+        await refused.aclose()

@@ -10,6 +10,7 @@ from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.aci import AciConfig, AciKind, AcrIdentity, RegistryLogin
+from agent.registry import REGISTRY
 
 SOURCE = "deployment 'etl/daily'"
 SECRET = "pnu_secret"
@@ -22,6 +23,8 @@ CTX = run_context(
     work_pool_name="aci",
 )
 KIND = AciKind()
+# the pool types and block slug are named once, in the registry's entry of the kind
+ENTRY = REGISTRY.get(KIND.kind)
 REQUIRED = {
     "image": "prefecthq/prefect:3-latest",
     "subscription_id": "sub-1234",
@@ -64,8 +67,8 @@ def error(call: Any, *args: Any, **kwargs: Any) -> InfraError:
 class TestKind:
     def test_identity(self) -> None:
         assert KIND.kind == "aci"
-        assert KIND.pool_types == ("azure-container-instance",)
-        assert KIND.block_slug == "azure-container-instance-job"
+        assert ENTRY.pool_types == ("azure-container-instance",)
+        assert ENTRY.block_slug == "azure-container-instance-job"
 
     def test_template_has_prefects_variable_names(self) -> None:
         names = set(template()["variables"]["properties"])

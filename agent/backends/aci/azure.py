@@ -28,6 +28,7 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
+from agent.infra.aci import AciCredentials
 
 __all__ = ["ARM_DEFAULT", "AzureClients", "GroupRef", "to_backend_error"]
 
@@ -121,7 +122,7 @@ def _retry_after(exc: HttpResponseError) -> float | None:
 class AzureClients:
     """One management client per (subscription, API version, credential), made on first use.
 
-    The credential comes from the run's `aci_credentials`: client id, tenant id and secret
+    The credential comes from the run's `AciCredentials`: client id, tenant id and secret
     all set -> `ClientSecretCredential`, else `DefaultAzureCredential`; `credential_kwargs`
     go to either. A fixed `credential` (tests: a static token) replaces both.
     """
@@ -140,7 +141,9 @@ class AzureClients:
         self._locations: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def client(self, subscription_id: str, api_version: str | None, credentials: Any = None) -> Any:
+    def client(
+        self, subscription_id: str, api_version: str | None, credentials: AciCredentials | None = None
+    ) -> Any:
         key = (subscription_id, api_version or "", _credential_key(credentials))
         with self._lock:
             found = self._clients.get(key)
@@ -194,28 +197,26 @@ class AzureClients:
                 client.close()
 
 
-def _credential_key(credentials: Any) -> str:
+def _credential_key(credentials: AciCredentials | None) -> str:
     """A cache key for a credential configuration; the secret only enters as a hash."""
     if credentials is None:
         return ""
-    secret = getattr(credentials, "client_secret", None)
-    secret_value = secret.get_secret_value() if secret is not None else ""
+    secret = credentials.client_secret.get_secret_value() if credentials.client_secret else ""
     parts = {
-        "client_id": getattr(credentials, "client_id", None),
-        "tenant_id": getattr(credentials, "tenant_id", None),
-        "secret": hashlib.sha256(secret_value.encode()).hexdigest() if secret_value else "",
-        "kwargs": getattr(credentials, "credential_kwargs", None) or {},
+        "client_id": credentials.client_id,
+        "tenant_id": credentials.tenant_id,
+        "secret": hashlib.sha256(secret.encode()).hexdigest() if secret else "",
+        "kwargs": credentials.credential_kwargs,
     }
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def _make_credential(credentials: Any) -> TokenCredential:
+def _make_credential(credentials: AciCredentials | None) -> TokenCredential:
     from azure.identity import ClientSecretCredential, DefaultAzureCredential
 
-    kwargs = dict(getattr(credentials, "credential_kwargs", None) or {})
-    client_id = getattr(credentials, "client_id", None)
-    tenant_id = getattr(credentials, "tenant_id", None)
-    secret = getattr(credentials, "client_secret", None)
+    credentials = credentials or AciCredentials()
+    kwargs = dict(credentials.credential_kwargs)
+    client_id, tenant_id, secret = credentials.client_id, credentials.tenant_id, credentials.client_secret
     if client_id and tenant_id and secret is not None:
         return ClientSecretCredential(tenant_id, client_id, secret.get_secret_value(), **kwargs)
     return DefaultAzureCredential(**kwargs)

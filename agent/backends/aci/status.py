@@ -13,9 +13,13 @@ from typing import Any
 
 from agent.outcome import Outcome, Reason
 
-__all__ = ["Observation", "observe", "start_failure"]
+__all__ = ["RUN_ID_ENV", "RUN_ID_TAG", "Observation", "observe", "run_ids", "start_failure"]
 
 _STARTED = frozenset({"running", "terminated"})
+# The kind tags a group with the run's labels, "/" replaced (Azure forbids it in tag names),
+# and gives its container the run's Prefect environment.
+RUN_ID_TAG = "prefect.io_flow-run-id"
+RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,18 @@ def _waiting(detail: str, events: list[Any]) -> str:
 def start_failure(timeout: float, waiting: str) -> Outcome:
     why = f": {waiting}" if waiting else " (no reason reported by Azure)"
     return Outcome(Reason.START_FAILED, detail=f"the container did not start within {timeout:g} s{why}")
+
+
+def run_ids(group: Any) -> set[str]:
+    """The flow run ids a container group says it belongs to: its run id tag and the plain
+    `PREFECT__FLOW_RUN_ID` of its containers (Azure shows plain values back, never secure
+    ones). Only compared, never shown: the other env values are not read."""
+    found = set()
+    tag = (getattr(group, "tags", None) or {}).get(RUN_ID_TAG)
+    if tag:
+        found.add(str(tag).lower())
+    for container in getattr(group, "containers", None) or []:
+        for variable in getattr(container, "environment_variables", None) or []:
+            if getattr(variable, "name", None) == RUN_ID_ENV and getattr(variable, "value", None):
+                found.add(str(variable.value).lower())
+    return found
