@@ -23,8 +23,8 @@ from pathlib import Path
 from fastapi import FastAPI, Header, HTTPException
 from prefect import flow, get_run_logger
 
+from agent.api.flow_runs import read_flow_run
 from agent.orchestrate import DeploymentNotFound, arun_deployment, register_local_deployment
-from agent.orchestrate.api import read_flow_run
 from agent.orchestrate.deployments import client_from_environment
 
 DEPLOYMENT = "report/on-demand"

@@ -1,4 +1,4 @@
-"""Blocks, variables and deployment edits: the REST calls behind references and legacy blocks.
+"""Block endpoints: documents (behind references and legacy blocks) and type registration.
 
 Every call goes through `PrefectClient.request`, so the one retry policy and the one error
 classification apply. Block documents are always read with `include_secrets=true` (as the
@@ -15,9 +15,11 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import quote
 
 from agent.api.client import PrefectClient
 from agent.api.errors import NotFound
+from agent.api.models import FILTER_PAGE
 
 __all__ = [
     "BlockTypeSpec",
@@ -25,10 +27,7 @@ __all__ = [
     "list_block_documents",
     "read_block_document",
     "read_block_document_by_name",
-    "read_deployment_by_name",
-    "read_variable",
     "register_block_type_and_schema",
-    "update_deployment",
 ]
 
 SCHEMA_VERSION: Final = "non-versioned"  # Prefect's DEFAULT_BLOCK_SCHEMA_VERSION
@@ -63,7 +62,7 @@ class Registration:
     block_schema: Literal["created", "unchanged"]
 
 
-# -- block documents and variables -----------------------------------------------------------------
+# -- block documents ----------------------------------------------------------------------------
 
 
 async def read_block_document(client: PrefectClient, document_id: str) -> dict[str, Any] | None:
@@ -79,7 +78,7 @@ async def read_block_document(client: PrefectClient, document_id: str) -> dict[s
 
 async def read_block_document_by_name(client: PrefectClient, slug: str, name: str) -> dict[str, Any] | None:
     """`<slug>/<name>` with its secrets in clear; None if the type or the document is unknown."""
-    path = f"/block_types/slug/{slug}/block_documents/name/{name}"
+    path = f"/block_types/slug/{quote(slug, safe='')}/block_documents/name/{quote(name, safe='')}"
     try:
         doc: dict[str, Any] = await client.request("GET", path, params={"include_secrets": "true"})
     except NotFound:
@@ -95,44 +94,13 @@ async def list_block_documents(client: PrefectClient, slugs: Sequence[str]) -> l
             "block_types": {"slug": {"any_": list(slugs)}},
             "block_documents": {"is_anonymous": {"eq_": False}},
             "include_secrets": False,
-            "limit": 200,
+            "limit": FILTER_PAGE,
             "offset": len(docs),
         }
         page = await client.request("POST", "/block_documents/filter", json=body) or []
         docs.extend(page)
-        if len(page) < 200:
+        if len(page) < FILTER_PAGE:
             return docs
-
-
-async def read_variable(client: PrefectClient, name: str) -> dict[str, Any] | None:
-    """The variable (`value` holds any JSON), or None if it does not exist."""
-    try:
-        variable: dict[str, Any] = await client.request("GET", f"/variables/name/{name}")
-    except NotFound:
-        return None
-    return variable
-
-
-# -- deployments -----------------------------------------------------------------------------------
-
-
-async def read_deployment_by_name(client: PrefectClient, name: str) -> dict[str, Any] | None:
-    """`"flow-name/deployment-name"` → the deployment, or None if unknown."""
-    flow_name, sep, deployment_name = name.partition("/")
-    if not sep or not flow_name or not deployment_name:
-        raise ValueError(f"expected 'flow-name/deployment-name', got {name!r}")
-    try:
-        deployment: dict[str, Any] = await client.request(
-            "GET", f"/deployments/name/{flow_name}/{deployment_name}"
-        )
-    except NotFound:
-        return None
-    return deployment
-
-
-async def update_deployment(client: PrefectClient, deployment_id: str, **fields: Any) -> None:
-    """PATCH only the given fields (the server applies exclude_unset)."""
-    await client.request("PATCH", f"/deployments/{deployment_id}", json=fields)
 
 
 # -- registration ----------------------------------------------------------------------------------

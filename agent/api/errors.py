@@ -17,6 +17,7 @@ __all__ = [
     "ApiError",
     "AuthError",
     "Conflict",
+    "DeploymentNotFound",
     "NotFound",
     "TransientError",
     "classify_exception",
@@ -51,6 +52,11 @@ class AuthError(ApiError):
 
 class NotFound(ApiError):
     """404."""
+
+
+class DeploymentNotFound(NotFound, LookupError):
+    """No deployment with this id or `flow-name/deployment-name` (a LookupError too, as it
+    was before it became an API error)."""
 
 
 class Conflict(ApiError):

@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "BULK_LIMIT",
+    "FILTER_PAGE",
     "Deployment",
     "FlowRun",
     "OrchestrationResult",
@@ -23,6 +25,10 @@ __all__ = [
     "WorkPool",
     "Worker",
 ]
+
+
+BULK_LIMIT = 50  # the server's BULK_OPERATION_LIMIT: 51 is answered 422
+FILTER_PAGE = 200  # the server's default (and maximum) page size for `/filter` endpoints
 
 
 class _Model(BaseModel):
@@ -78,6 +84,12 @@ class OrchestrationResult(_Model):
         return float(self.details.get("delay_seconds") or 0)
 
 
+class RunStateResult(OrchestrationResult):
+    """One run's answer in `POST /flow_runs/bulk_set_state`."""
+
+    flow_run_id: str
+
+
 class FlowRun(_Model):
     id: str
     name: str = ""
@@ -100,6 +112,29 @@ class FlowRun(_Model):
     @property
     def current_type(self) -> StateType | None:
         return self.state.type if self.state else self.state_type
+
+
+class RunInfo(FlowRun):
+    """A flow run as orchestration sees it: the agent's `FlowRun` plus lineage and timing."""
+
+    parent_task_run_id: str | None = None
+    idempotency_key: str | None = None
+    created: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    total_run_time: float | None = None
+
+    @property
+    def state_label(self) -> str:
+        """`Completed`, `Late`, `AwaitingRetry`...: the state's name, else its type."""
+        if self.state is not None and self.state.name:
+            return self.state.name
+        return self.state_name or (self.current_type.value.title() if self.current_type else "Unknown")
+
+    @property
+    def is_final(self) -> bool:
+        kind = self.current_type
+        return kind is not None and kind.is_terminal
 
 
 class ScheduledRun(_Model):
@@ -130,6 +165,41 @@ class Deployment(_Model):
     work_queue_name: str | None = None
     path: str | None = None
     entrypoint: str | None = None
+    version: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+
+
+class DeploymentCreate(_Model):
+    """The body of `POST /deployments/` (an upsert on flow and name). Only the fields given
+    are sent, so the server's defaults apply to the rest."""
+
+    name: str
+    flow_id: str
+    work_pool_name: str | None = None
+    entrypoint: str | None = None
+    path: str | None = None
+    pull_steps: list[dict[str, Any]] | None = None
+    job_variables: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    enforce_parameter_schema: bool | None = None
+
+
+class Flow(_Model):
+    id: str
+    name: str
+
+
+class TaskRun(_Model):
+    id: str
+    name: str = ""
+    flow_run_id: str | None = None
+
+
+class Variable(_Model):
+    name: str
+    value: Any = None  # any JSON
 
 
 class Worker(_Model):

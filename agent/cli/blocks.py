@@ -18,12 +18,12 @@ from agent.api.blocks import (
     list_block_documents,
     read_block_document,
     read_block_document_by_name,
-    read_deployment_by_name,
     register_block_type_and_schema,
-    update_deployment,
 )
 from agent.api.client import PrefectClient
-from agent.api.errors import ApiError, NotFound
+from agent.api.deployments import find_deployment, update_deployment
+from agent.api.errors import ApiError
+from agent.api.models import Deployment
 from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
 from agent.cli.common import load_settings
 from agent.settings import Settings
@@ -118,19 +118,12 @@ def list_blocks() -> None:
 # -- deployments -----------------------------------------------------------------------------------------
 
 
-async def _find_deployment(client: PrefectClient, deployment: str) -> dict[str, Any]:
-    if _UUID.match(deployment):
-        try:
-            found: dict[str, Any] = await client.request("GET", f"/deployments/{deployment}")
-            return found
-        except NotFound:
-            raise _fail(f"no deployment with id {deployment}") from None
-    if "/" not in deployment:
-        raise _fail(f"DEPLOYMENT must be 'flow-name/deployment-name' or an id (got {deployment!r})", 2)
-    by_name = await read_deployment_by_name(client, deployment)
-    if by_name is None:
-        raise _fail(f"no deployment {deployment!r}; `prefect deployment ls` lists them")
-    return by_name
+async def _find_deployment(client: PrefectClient, deployment: str) -> Deployment:
+    """By id or name; an unknown one is an ApiError (exit 1), a malformed name a usage error."""
+    try:
+        return await find_deployment(client, deployment)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
 
 
 async def _find_block(client: PrefectClient, block: str) -> dict[str, Any]:
@@ -164,18 +157,17 @@ def set_infra(
 ) -> None:
     """Run a deployment's flow runs on a Prefect 2 infrastructure block (infrastructure_document_id)."""
 
-    async def work(client: PrefectClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def work(client: PrefectClient) -> tuple[Deployment, dict[str, Any]]:
         target = await _find_deployment(client, deployment)
         document = await _find_block(client, block)
-        await update_deployment(client, target["id"], infrastructure_document_id=document["id"])
-        after: dict[str, Any] = await client.request("GET", f"/deployments/{target['id']}")
-        if after.get("infrastructure_document_id") != document["id"]:
+        await update_deployment(client, target.id, infrastructure_document_id=document["id"])
+        after = await client.read_deployment(target.id)
+        if after.infrastructure_document_id != document["id"]:
             raise _fail("the server accepted the update but did not store infrastructure_document_id")
         return after, document
 
     after, document = _run(work)
     slug = (document.get("block_type") or {}).get("slug", "?")
     typer.echo(
-        f"deployment {after['name']!r} ({after['id']}) now runs on {slug}/{document.get('name')} "
-        f"({document['id']})"
+        f"deployment {after.name!r} ({after.id}) now runs on {slug}/{document.get('name')} ({document['id']})"
     )

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from agent.api.client import PrefectClient
 from agent.api.errors import ApiError
-from agent.orchestrate.api import DeploymentNotFound, RunInfo
+from agent.api.models import RunInfo
 from agent.orchestrate.parse import EXIT_ERROR
 from agent.orchestrate.trigger import client_from_settings
 from agent.settings import Settings
@@ -74,7 +74,7 @@ def run_with_client(main: Callable[[PrefectClient], Awaitable[int]]) -> int:
 
     try:
         return anyio.run(go)
-    except (DeploymentNotFound, ValueError, ApiError) as exc:
+    except (ValueError, ApiError) as exc:  # DeploymentNotFound is an ApiError
         err.print(f"[red]error:[/] {exc}")
     return EXIT_ERROR
 

@@ -2,7 +2,7 @@
 
 One run completes, one fails, one is SIGKILLed while running (as the kernel OOM killer
 would) and must come back CRASHED with an OOM warning. The demo creates its pool, flow and
-deployments through the REST API (idempotently, so it can be run again), starts the real
+deployments through `agent.api` (idempotently, so it can be run again), starts the real
 agent as a child process, plays the OOM killer, and checks the three outcomes.
 """
 
@@ -22,9 +22,11 @@ from typing import Any, TextIO
 import anyio
 
 from agent.api.client import PrefectClient
-from agent.api.errors import ApiError, Conflict
+from agent.api.errors import ApiError
+from agent.api.flow_runs import create_flow_run_from_deployment, read_flow_run
+from agent.api.models import RunInfo, StateType
 from agent.cli.embedded import ServerExtraMissing, ServerStartError, embedded_server
-from agent.infra.defaults import default_base_job_template
+from agent.orchestrate.register import register_local_deployment
 from agent.settings import Settings
 
 __all__ = ["DEMO_FLOW", "DEMO_POOL", "CASES", "DemoCase", "examples_dir", "run_demo"]
@@ -35,7 +37,6 @@ RUN_TIMEOUT = 180.0
 POLL_EVERY = 0.5
 AGENT_STOP_GRACE = 15.0  # all runs are terminal by then: the agent has nothing to drain
 AGENT_KILL_GRACE = 40.0  # the agent's own kill_grace (30 s) plus reporting
-_TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ _OOM_CASE = "demo-oom"
 
 def examples_dir() -> Path | None:
     """The repository's examples directory; None when running from an installed wheel."""
-    path = Path(__file__).resolve().parents[1] / "examples"
+    path = Path(__file__).resolve().parents[2] / "examples"  # agent/cli/demo.py → the checkout
     return path if (path / "flows.py").is_file() else None
 
 
@@ -65,35 +66,25 @@ def examples_dir() -> Path | None:
 
 async def _create_deployments(client: PrefectClient, examples: Path) -> dict[str, str]:
     """Pool, flow and deployments (all idempotent); deployment name to id."""
-    pool = {"name": DEMO_POOL, "type": "process", "base_job_template": default_base_job_template("process")}
-    with contextlib.suppress(Conflict):  # created by an earlier demo or by the agent
-        await client.request("POST", "/work_pools/", json=pool)
-    flow = await client.request("POST", "/flows/", json={"name": DEMO_FLOW})
-    directory = str(examples)
     ids: dict[str, str] = {}
     for case in CASES:
-        body = {
-            "name": case.deployment,
-            "flow_id": flow["id"],
-            "entrypoint": case.entrypoint,
-            "path": directory,
-            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}],
-            "work_pool_name": DEMO_POOL,
-            "job_variables": case.job_variables,
-            "parameters": {},
-        }
-        # POST /deployments/ upserts on (flow_id, name): a rerun updates, never duplicates.
-        deployment = await client.request("POST", "/deployments/", json=body)
-        ids[case.deployment] = deployment["id"]
+        deployment = await register_local_deployment(
+            client,
+            flow_name=DEMO_FLOW,
+            name=case.deployment,
+            pool=DEMO_POOL,
+            entrypoint=case.entrypoint,
+            directory=str(examples),
+            job_variables=case.job_variables,
+        )
+        ids[case.deployment] = deployment.id
     return ids
 
 
 async def _trigger_runs(client: PrefectClient, deployments: dict[str, str]) -> dict[str, str]:
     runs: dict[str, str] = {}
     for name, deployment_id in deployments.items():
-        path = f"/deployments/{deployment_id}/create_flow_run"
-        run = await client.request("POST", path, json={"parameters": {}})
-        runs[name] = run["id"]
+        runs[name] = (await create_flow_run_from_deployment(client, deployment_id)).id
     return runs
 
 
@@ -162,11 +153,10 @@ def _pid_of(infrastructure_pid: str) -> int | None:
         return None
 
 
-def _oom_kill(run: dict[str, Any], echo: Callable[[str], None]) -> bool:
+def _oom_kill(run: RunInfo, echo: Callable[[str], None]) -> bool:
     """SIGKILL the hog once it is RUNNING and its pid is known; True once done."""
-    state = run.get("state") or {}
-    pid = _pid_of(run.get("infrastructure_pid") or "")
-    if state.get("type") != "RUNNING" or pid is None:
+    pid = _pid_of(run.infrastructure_pid or "")
+    if run.current_type is not StateType.RUNNING or pid is None:
         return False
     echo(f"demo-oom is running as pid {pid}: sending SIGKILL, as the kernel OOM killer would")
     with contextlib.suppress(ProcessLookupError):
@@ -179,18 +169,18 @@ async def _watch(
     runs: dict[str, str],
     agent: subprocess.Popen[bytes],
     echo: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, RunInfo]:
     """Poll until every run is terminal (or the timeout); the last copy of each run."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, RunInfo] = {}
     killed = False
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         for name, run_id in runs.items():
             with contextlib.suppress(ApiError):  # a missed poll is repeated next tick
-                latest[name] = await client.request("GET", f"/flow_runs/{run_id}")
+                latest[name] = await read_flow_run(client, run_id)
         if not killed and _OOM_CASE in latest:
             killed = _oom_kill(latest[_OOM_CASE], echo)
-        if all(_state(latest.get(name))[0] in _TERMINAL for name in runs):
+        if all(name in latest and latest[name].is_final for name in runs):
             break
         if agent.poll() is not None:
             echo(f"The agent exited early with code {agent.returncode}.")
@@ -202,9 +192,11 @@ async def _watch(
 # -- the report ------------------------------------------------------------------------------------
 
 
-def _state(run: dict[str, Any] | None) -> tuple[str, str, str]:
-    state = (run or {}).get("state") or {}
-    return state.get("type") or "-", state.get("name") or "-", state.get("message") or ""
+def _state(run: RunInfo | None) -> tuple[str, str, str]:
+    state = run.state if run is not None else None
+    if state is None:
+        return "-", "-", ""
+    return state.type.value, state.name or "-", state.message or ""
 
 
 def _shorten(text: str, head: int = 110, tail: int = 90) -> str:
@@ -212,7 +204,7 @@ def _shorten(text: str, head: int = 110, tail: int = 90) -> str:
     return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
 
 
-def _table(latest: dict[str, dict[str, Any]]) -> str:
+def _table(latest: dict[str, RunInfo]) -> str:
     rows = [("deployment", "state", "message")]
     for case in CASES:
         kind, name, message = _state(latest.get(case.deployment))
@@ -223,7 +215,7 @@ def _table(latest: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _problems(latest: dict[str, dict[str, Any]]) -> list[str]:
+def _problems(latest: dict[str, RunInfo]) -> list[str]:
     problems = []
     for case in CASES:
         kind, _, message = _state(latest.get(case.deployment))

@@ -26,8 +26,8 @@ from rich.progress import (
 from rich.table import Table
 
 from agent.api.client import PrefectClient
+from agent.api.models import RunInfo
 from agent.cli.common import bad, err, out, run_with_client, state_text, when
-from agent.orchestrate.api import RunInfo
 from agent.orchestrate.batch import (
     CANCELLABLE,
     BatchResult,

@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
-from agent.api.blocks import read_deployment_by_name
+from agent.api import Deployment, DeploymentNotFound, FlowRun, PrefectClient, WorkPool
+from agent.api.deployments import read_deployment_by_name
 from agent.infra.templating import InfraError
 from agent.observe.logging import Redactor
 from agent.runtime.jobs import JobBuilder
@@ -36,14 +36,9 @@ async def _target(
         return run, deployment
     assert deployment_name
     try:
-        found = await read_deployment_by_name(api, deployment_name)
-    except ValueError as exc:
+        deployment = await read_deployment_by_name(api, deployment_name)
+    except (ValueError, DeploymentNotFound) as exc:
         raise RenderError(str(exc)) from None
-    if found is None:
-        raise RenderError(
-            f"deployment {deployment_name!r} not found; give it as 'flow-name/deployment-name'"
-        )
-    deployment = Deployment.model_validate(found)
     run = FlowRun(
         id=PREVIEW_RUN_ID,
         name="render-preview",

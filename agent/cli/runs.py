@@ -30,9 +30,9 @@ from rich.live import Live
 from rich.text import Text
 
 from agent.api.client import PrefectClient
+from agent.api.models import RunInfo
 from agent.cli.common import bad, err, out, run_with_client, state_text, when
 from agent.cli.flow_runs import flow_runs_app
-from agent.orchestrate.api import RunInfo
 from agent.orchestrate.parse import exit_code_for, parse_assignments, parse_start
 from agent.orchestrate.trigger import arun_deployment
 from agent.orchestrate.wait import wait_for_flow_run

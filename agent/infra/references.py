@@ -23,8 +23,9 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from agent.api.blocks import read_block_document, read_block_document_by_name, read_variable
+from agent.api.blocks import read_block_document, read_block_document_by_name
 from agent.api.client import PrefectClient
+from agent.api.variables import read_variable
 from agent.infra.templating import (
     BLOCK_PREFIX,
     PLACEHOLDER_RE,
@@ -135,7 +136,7 @@ class _Resolver:
     async def _variable(self, name: str) -> Any:
         if name not in self._variables:
             variable = await read_variable(self._client, name)
-            self._variables[name] = _MISSING if variable is None else variable.get("value")
+            self._variables[name] = _MISSING if variable is None else variable.value
         return self._variables[name]
 
     # -- blocks (step 7) ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Orchestrate from deployments: trigger runs (`run_deployment`) and act on many runs at once.
 
-Library use never imports Prefect: it talks to the server with the agent's `PrefectClient`.
+Library use never imports Prefect: it talks to the server with the agent's `PrefectClient`,
+through the endpoints of `agent.api` (this package only composes them).
 
     from agent.orchestrate import run_deployment
 
@@ -8,7 +9,8 @@ Library use never imports Prefect: it talks to the server with the agent's `Pref
     print(run.state_type)   # COMPLETED, FAILED, ...
 """
 
-from agent.orchestrate.api import DeploymentNotFound, RunInfo, register_local_deployment
+from agent.api.errors import DeploymentNotFound
+from agent.api.models import RunInfo
 from agent.orchestrate.batch import (
     BatchResult,
     RunFilter,
@@ -18,6 +20,7 @@ from agent.orchestrate.batch import (
     select_flow_runs,
 )
 from agent.orchestrate.parse import exit_code_for, parse_assignments, parse_duration, parse_start
+from agent.orchestrate.register import register_local_deployment
 from agent.orchestrate.trigger import arun_deployment, run_deployment
 from agent.orchestrate.wait import wait_for_flow_run
 

@@ -29,21 +29,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.api.client import PrefectClient
+from agent.api.deployments import find_deployment, read_deployments
 from agent.api.errors import ApiError
-from agent.api.models import SetStateStatus, StateType
-from agent.orchestrate.api import (
-    BULK_LIMIT,
-    RunInfo,
+from agent.api.flow_runs import (
     bulk_delete_flow_runs,
     bulk_set_flow_run_state,
     count_flow_runs,
     delete_flow_run,
     filter_flow_runs,
-    read_deployment,
-    read_deployments,
-    read_flows,
-    set_flow_run_state,
 )
+from agent.api.flows import read_flows
+from agent.api.models import BULK_LIMIT, FILTER_PAGE, RunInfo, RunStateResult, SetStateStatus, StateType
 
 __all__ = [
     "CANCELLABLE",
@@ -64,7 +60,7 @@ CANCELLABLE: tuple[StateType, ...] = (
     StateType.RUNNING,
     StateType.PAUSED,
 )
-_PAGE = 200
+_CANCELLED = (StateType.CANCELLING, StateType.CANCELLED)
 
 Progress = Callable[[int], None]
 
@@ -218,7 +214,7 @@ async def select_flow_runs(
     now: datetime | None = None,
 ) -> Selection:
     """The runs matching `flt` (newest expected start first), at most `limit`."""
-    deployment_ids = [(await read_deployment(client, ref)).id for ref in flt.deployments]
+    deployment_ids = [(await find_deployment(client, ref)).id for ref in flt.deployments]
     current = now or datetime.now(UTC)
     body = flt.body(deployment_ids=deployment_ids, now=current, only=only)
     total = await count_flow_runs(client, body)
@@ -227,7 +223,11 @@ async def select_flow_runs(
     offset = 0
     while len(runs) < wanted:
         page = await filter_flow_runs(
-            client, body, limit=min(_PAGE, wanted - len(runs)), offset=offset, sort="EXPECTED_START_TIME_DESC"
+            client,
+            body,
+            limit=min(FILTER_PAGE, wanted - len(runs)),
+            offset=offset,
+            sort="EXPECTED_START_TIME_DESC",
         )
         if not page:
             break
@@ -243,7 +243,7 @@ async def select_flow_runs(
 
 async def describe_runs(client: PrefectClient, runs: Sequence[RunInfo]) -> dict[str, tuple[str, str]]:
     """{run id: (flow name, deployment name)} for a table, in two requests."""
-    flows = {f["id"]: f["name"] for f in await read_flows(client, ids={r.flow_id for r in runs if r.flow_id})}
+    flows = {f.id: f.name for f in await read_flows(client, ids={r.flow_id for r in runs if r.flow_id})}
     deployment_ids = {r.deployment_id for r in runs if r.deployment_id}
     deployments = {d.id: d.name for d in await read_deployments(client, deployment_ids)}
     return {
@@ -324,14 +324,13 @@ async def cancel_flow_runs(
             result.error = str(exc)
             return result
         for outcome in outcomes:
-            run_id = str(outcome.get("flow_run_id"))
-            state = (outcome.get("state") or {}).get("type")
-            status = outcome.get("status")
-            if status == SetStateStatus.ACCEPT.value or state in ("CANCELLING", "CANCELLED"):
-                result.done.append(run_id)
+            state = outcome.state.type if outcome.state else None
+            if outcome.status is SetStateStatus.ACCEPT or state in _CANCELLED:
+                result.done.append(outcome.flow_run_id)
             else:
-                reason = (outcome.get("details") or {}).get("reason") or f"{status} into {state}"
-                result.failed.append((run_id, str(reason)))
+                where = state.value if state else None
+                reason = outcome.reason or f"{outcome.status.value} into {where}"
+                result.failed.append((outcome.flow_run_id, reason))
         result.skipped += len(chunk) - len(outcomes)
         if on_progress is not None:
             on_progress(len(chunk))
@@ -340,17 +339,14 @@ async def cancel_flow_runs(
 
 async def _cancel_one_by_one(
     client: PrefectClient, criteria: dict[str, Any], message: str
-) -> list[dict[str, Any]]:
+) -> list[RunStateResult]:
     still = await filter_flow_runs(client, {"flow_runs": criteria}, limit=BULK_LIMIT)
     outcomes = []
     for run in still:
-        answer = await set_flow_run_state(client, run.id, StateType.CANCELLING, message=message, force=True)
+        answer = await client.set_state(run.id, StateType.CANCELLING, message=message, force=True)
         outcomes.append(
-            {
-                "flow_run_id": run.id,
-                "status": answer.status.value,
-                "state": {"type": answer.state.type.value} if answer.state else None,
-                "details": answer.details,
-            }
+            RunStateResult(
+                flow_run_id=run.id, status=answer.status, state=answer.state, details=answer.details
+            )
         )
     return outcomes

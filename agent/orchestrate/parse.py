@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from agent.orchestrate.api import RunInfo
+from agent.api.models import RunInfo
 
 __all__ = [
     "EXIT_CODES",

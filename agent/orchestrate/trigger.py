@@ -45,14 +45,11 @@ import anyio
 import structlog
 
 from agent.api.client import PrefectClient
-from agent.orchestrate.api import (
-    DeploymentInfo,
-    RunInfo,
-    create_flow_run_from_deployment,
-    create_task_run,
-    read_deployment,
-    read_flow,
-)
+from agent.api.deployments import find_deployment
+from agent.api.flow_runs import create_flow_run_from_deployment
+from agent.api.flows import read_flow
+from agent.api.models import Deployment, RunInfo
+from agent.api.task_runs import create_task_run
 from agent.orchestrate.parse import as_utc
 from agent.orchestrate.wait import OnUpdate, PlaceholderSync, wait_for_flow_run
 from agent.settings import Settings
@@ -135,7 +132,7 @@ def _slug(text: str) -> str:
 async def _link_to_parent(
     client: PrefectClient,
     parent: ParentLink,
-    deployment: DeploymentInfo,
+    deployment: Deployment,
     deployment_name: str,
     parameters: Mapping[str, Any],
     idempotency_key: str | None,
@@ -147,17 +144,16 @@ async def _link_to_parent(
     # The server returns the existing task run for the same (flow run, task key, dynamic
     # key): the caller's idempotency key maps to one placeholder, otherwise every call is new.
     dynamic_key = f"idempotency:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
-    body = {
-        "name": deployment_name,
-        "flow_run_id": parent.flow_run_id,
-        "task_key": f"prefect.deployments.flow_runs.run_deployment.{_slug(deployment_name)}",
-        "dynamic_key": dynamic_key,
-        "task_version": deployment.version,
-        "task_inputs": task_inputs,
-        "state": {"type": "PENDING", "name": "Pending"},
-    }
-    task_run = await create_task_run(client, body)
-    return str(task_run["id"])
+    task_run = await create_task_run(
+        client,
+        flow_run_id=parent.flow_run_id,
+        name=deployment_name,
+        task_key=f"prefect.deployments.flow_runs.run_deployment.{_slug(deployment_name)}",
+        dynamic_key=dynamic_key,
+        task_version=deployment.version,
+        task_inputs=task_inputs,
+    )
+    return task_run.id
 
 
 # -- run_deployment ------------------------------------------------------------------------------------
@@ -204,7 +200,7 @@ async def _trigger(
     ref = str(request.name)
     params = dict(request.parameters or {})
     idempotency_key = request.idempotency_key
-    deployment = await read_deployment(client, ref)
+    deployment = await find_deployment(client, ref)
 
     placeholder: PlaceholderSync | None = None
     parent_task_run_id = None
@@ -213,34 +209,25 @@ async def _trigger(
             deployment_name = ref
         else:
             flow = await read_flow(client, deployment.flow_id)
-            deployment_name = f"{flow['name']}/{deployment.name}"
+            deployment_name = f"{flow.name}/{deployment.name}"
         parent_task_run_id = await _link_to_parent(
             client, parent, deployment, deployment_name, params, idempotency_key
         )
         placeholder = PlaceholderSync(client, parent_task_run_id)
 
     scheduled_time = request.scheduled_time
-    start = as_utc(scheduled_time) if scheduled_time is not None else datetime.now(UTC)
-    body: dict[str, Any] = {
-        "state": {
-            "type": "SCHEDULED",
-            "name": "Scheduled",
-            "state_details": {"scheduled_time": start.isoformat()},
-        },
-        "parameters": params,
-        "idempotency_key": idempotency_key or f"flow-agent:{uuid.uuid4()}",
-        "parent_task_run_id": parent_task_run_id,
-    }
-    if request.flow_run_name:
-        body["name"] = request.flow_run_name
-    if request.tags is not None:
-        body["tags"] = list(request.tags)
-    if request.job_variables is not None:
-        body["job_variables"] = dict(request.job_variables)
-    if request.work_queue_name:
-        body["work_queue_name"] = request.work_queue_name
-
-    run = await create_flow_run_from_deployment(client, deployment.id, body)
+    run = await create_flow_run_from_deployment(
+        client,
+        deployment.id,
+        parameters=params,
+        scheduled_time=as_utc(scheduled_time) if scheduled_time is not None else datetime.now(UTC),
+        idempotency_key=idempotency_key or f"flow-agent:{uuid.uuid4()}",
+        parent_task_run_id=parent_task_run_id,
+        name=request.flow_run_name or None,
+        tags=request.tags,
+        job_variables=request.job_variables,
+        work_queue_name=request.work_queue_name or None,
+    )
     log.info(
         "flow run created",
         flow_run_id=run.id,

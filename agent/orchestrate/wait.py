@@ -10,8 +10,9 @@ import structlog
 
 from agent.api.client import PrefectClient
 from agent.api.errors import ApiError, TransientError
-from agent.api.models import StateType
-from agent.orchestrate.api import RunInfo, read_flow_run, set_task_run_state
+from agent.api.flow_runs import read_flow_run
+from agent.api.models import RunInfo, StateType
+from agent.api.task_runs import set_task_run_state
 
 __all__ = ["OnUpdate", "PlaceholderSync", "wait_for_flow_run"]
 

@@ -300,3 +300,21 @@ def test_unknown_deployment_and_bad_name(env: str) -> None:
         run_deployment("no-slash", timeout=0)
     with pytest.raises(ValueError, match="negative"):
         run_deployment("a/b", timeout=-1)
+
+
+def test_each_part_of_a_name_is_quoted(api: PrefectAPI, pool: str, tmp_path: Path, env: str) -> None:
+    api.create_process_pool(pool)
+    flow_id = api.create_flow(f"nightly etl {pool}")
+    plain = api.create_deployment(flow_id, "eu west", pool)
+    # unquoted, '?' would start a query string and find the deployment above
+    asking = api.create_deployment(flow_id, "eu west?", pool)
+    hashed = api.create_deployment(flow_id, "eu #2", pool)
+
+    assert run_deployment(f"nightly etl {pool}/eu west", timeout=0).deployment_id == plain
+    assert run_deployment(f"nightly etl {pool}/eu west?", timeout=0).deployment_id == asking
+    assert run_deployment(f"nightly etl {pool}/eu #2", timeout=0).deployment_id == hashed
+    # Prefect bans '/' in flow and deployment names: a second slash finds nothing, never another
+    with pytest.raises(DeploymentNotFound) as missing:
+        run_deployment(f"nightly etl {pool}/eu/west", timeout=0)
+    message = str(missing.value)
+    assert f"'nightly etl {pool}/eu/west' not found" in message and "prefect deployment ls" in message
