@@ -1,4 +1,4 @@
-"""Two agents on one pool launch every run exactly once."""
+"""Two agents on one pool launch every run exactly once, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_agents_launch_each_of_100_runs_once(
-    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+    any_api: PrefectAPI, pool: str, any_start_agent, tmp_path: Path
 ) -> None:
+    api, start_agent = any_api, any_start_agent  # once against each database
     markers = tmp_path / "launched.txt"
     api.create_process_pool(pool)
     run_ids = api.create_flow_runs(api.command_deployment(pool, marker_command(markers)), 100)

@@ -18,6 +18,8 @@ __all__ = ["PrefectServer", "free_port", "start_prefect_server", "tail"]
 
 # Variables that would point the server (or its children) at another server or profile.
 _CLEARED = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILE")
+# ... or at another database (both spellings Prefect 3 reads).
+_CLEARED_PREFIXES = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
 
 
 def free_port() -> int:
@@ -61,16 +63,25 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def start_prefect_server(home: Path, *, timeout: float = 120.0) -> PrefectServer:
-    """Start `prefect server start` on a free port with a fresh SQLite database in `home`."""
+def start_prefect_server(
+    home: Path, *, database_url: str | None = None, timeout: float = 120.0
+) -> PrefectServer:
+    """Start `prefect server start` on a free port: with a fresh SQLite database in `home`,
+    or with `database_url` (e.g. `postgresql+asyncpg://...`), migrated at start."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _CLEARED and not k.startswith(_CLEARED_PREFIXES)
+    }
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_ENABLED="false",
     )
+    if database_url is not None:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log_path = home / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
