@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
@@ -52,7 +53,7 @@ from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
-__all__ = ["DEFAULT_COMMAND", "KubernetesConfig", "KubernetesKind"]
+__all__ = ["DEFAULT_COMMAND", "KubernetesConfig", "KubernetesKind", "KubernetesRuntime"]
 
 _SIGTERM_ENV: Final = "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"
 _SECRETS_HIDDEN: Final = frozenset({"env", "command", "cluster_config", "job_manifest", "job"})
@@ -88,12 +89,21 @@ class KubernetesConfig(EnvHidingModel):
     customizations: tuple[dict[str, Any], ...] = Field(default=(), repr=False)
 
 
+@dataclass(frozen=True)
+class KubernetesRuntime:
+    """What the Kubernetes backend needs beyond the Job manifest."""
+
+    # a kubernetes-cluster-config block ({"config": <kubeconfig>, "context_name": ...}): it
+    # holds tokens and keys; None: the agent's own kubeconfig or in-cluster service account
+    cluster_config: Mapping[str, Any] | None = field(repr=False)
+    pod_watch_timeout_seconds: int  # from creation to a running pod
+    job_watch_timeout_seconds: int | None  # from creation to the end; None: no limit
+
+
 class KubernetesKind:
     """Kubernetes Jobs from `kubernetes` pools and `kubernetes-job` blocks."""
 
     kind: ClassVar[str] = "kubernetes"
-    pool_types: ClassVar[tuple[str, ...]] = ("kubernetes",)
-    block_slug: ClassVar[str] = "kubernetes-job"
 
     def config_from_pool(
         self, resolved: Mapping[str, Any], *, pool_type: str, source: str
@@ -157,6 +167,14 @@ class KubernetesKind:
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, KubernetesConfig), type(config)
         return reroot(config.customizations, "/job")
+
+    def runtime(self, config: BaseModel) -> KubernetesRuntime:
+        assert isinstance(config, KubernetesConfig), type(config)
+        return KubernetesRuntime(
+            cluster_config=config.cluster_config,
+            pod_watch_timeout_seconds=config.pod_watch_timeout_seconds,
+            job_watch_timeout_seconds=config.job_watch_timeout_seconds,
+        )
 
 
 # ---------------------------------------------------------------- building the payload

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from fakes.kubernetes_fake import KubernetesFake
 
-from agent.backends import BackendOptions
-from agent.backends.base import Handle, Job
+from agent.backends.base import BackendOptions, Handle, Job
 from agent.backends.kubernetes import KubernetesBackend
 from agent.infra import default_base_job_template, resolve_job_configuration
 from agent.infra.kubernetes import KubernetesKind
@@ -35,7 +34,9 @@ class KubernetesHarness:
         ctx = RunContext(
             name, name, labels={"prefect.io/flow-run-id": name, "prefect.io/flow-run-name": name}
         )
-        return Job(name, name, "kubernetes", self._kind.build_payload(config, ctx), config)
+        return Job(
+            name, name, "kubernetes", self._kind.build_payload(config, ctx), self._kind.runtime(config)
+        )
 
     @staticmethod
     def _where(handle: Handle) -> tuple[str, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Handler", "match_fields", "match_labels", "status_body"]
+__all__ = ["Handler", "match_fields", "match_labels", "parse_selector", "status_body"]
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -16,21 +17,77 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}  # fmt: skip
 
 
+# a label key: an optional DNS subdomain prefix and "/", then a name; a value: a name or ""
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+_KEY = re.compile(rf"(?:(?P<prefix>{_PREFIX})/)?(?P<name>{_NAME})")
+_VALUE = re.compile(rf"(?:{_NAME})?")
+_SET = re.compile(r"(?P<key>[^\s!=(),]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)")
+_EQUALITY = re.compile(r"(?P<key>[^\s!=(),]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^\s!=(),]*)")
+_EXISTS = re.compile(r"(?P<op>!?)\s*(?P<key>[^\s!=(),]+)")
+
+Requirement = tuple[str, str, frozenset[str]]  # (key, operator, values)
+
+
+def _key(text: str) -> str:
+    match = _KEY.fullmatch(text)
+    if match is None or len(match["name"]) > 63 or len(match["prefix"] or "") > 253:
+        raise ValueError(f"invalid label key {text!r}")
+    return text
+
+
+def _value(text: str) -> str:
+    if _VALUE.fullmatch(text) is None or len(text) > 63:
+        raise ValueError(f"invalid label value {text!r}")
+    return text
+
+
+def _terms(selector: str) -> list[str]:
+    """Split on the commas between requirements, not those inside `in (a, b)`."""
+    terms, depth, start = [], 0, 0
+    for index, char in enumerate(selector):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(selector[start:index])
+            start = index + 1
+    terms.append(selector[start:])
+    return [term.strip() for term in terms]
+
+
+def parse_selector(selector: str) -> list[Requirement]:
+    """A label selector as the API server reads it: `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
+    `k notin (a,b)`, `k`, `!k`, comma-separated (all must hold); ValueError when it is
+    not one (the API answers 400 BadRequest)."""
+    if not selector.strip():
+        return []  # an empty selector selects everything
+    requirements: list[Requirement] = []
+    for term in _terms(selector):
+        if match := _SET.fullmatch(term):
+            values = [_value(v.strip()) for v in match["values"].split(",")]
+            requirements.append((_key(match["key"]), match["op"], frozenset(values)))
+        elif match := _EQUALITY.fullmatch(term):
+            op = "=" if match["op"] == "==" else match["op"]
+            requirements.append((_key(match["key"]), op, frozenset({_value(match["value"])})))
+        elif match := _EXISTS.fullmatch(term):
+            requirements.append((_key(match["key"]), "!" if match["op"] else "exists", frozenset()))
+        else:
+            raise ValueError(f"{term!r} is not a requirement")
+    return requirements
+
+
 def match_labels(labels: dict[str, str], selector: str) -> bool:
-    """`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (all must hold)."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
+    """Whether labels satisfy every requirement; `!=` and `notin` match a missing key too."""
+    for key, op, values in parse_selector(selector):
+        present = key in labels
+        held = {
+            "exists": present,
+            "!": not present,
+            "=": present and labels[key] in values,
+            "in": present and labels[key] in values,
+            "!=": labels.get(key) not in values,
+            "notin": labels.get(key) not in values,
+        }[op]
+        if not held:
             return False
     return True
 
@@ -86,16 +143,20 @@ class Handler(BaseHTTPRequestHandler):
             if obj is None:
                 return self._send(404, status_body(404, "NotFound", f'{resource} "{name}" not found'))
             return self._send(200, obj)
+        try:
+            parse_selector(query.get("labelSelector", ""))
+        except ValueError as exc:
+            return self._send(400, status_body(400, "BadRequest", f"unable to parse requirement: {exc}"))
         if query.get("watch") in ("true", "1"):
             return self._watch(resource, namespace, query)
         items = [
-            o for o in self.fake._items(resource, namespace)
+            _item(o) for o in self.fake._items(resource, namespace)
             if match_labels(o["metadata"].get("labels") or {}, query.get("labelSelector", ""))
             and match_fields(o, query.get("fieldSelector", ""))
         ]  # fmt: skip
-        return self._send(
-            200, {"kind": "List", "metadata": {"resourceVersion": str(self.fake._rv)}, "items": items}
-        )
+        kind, version = _LISTS[resource]
+        body = {"kind": kind, "apiVersion": version, "metadata": {"resourceVersion": str(self.fake._rv)}}
+        return self._send(200, {**body, "items": items})
 
     def _watch(self, resource: str, namespace: str, query: dict[str, str]) -> None:
         self.send_response(200)
@@ -136,6 +197,15 @@ class Handler(BaseHTTPRequestHandler):
         grace = query.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
         code, answer = self.fake.delete_job(namespace, name, policy, grace)
         return self._send(code, answer)
+
+
+_LISTS = {"jobs": ("JobList", "batch/v1"), "pods": ("PodList", "v1"), "events": ("EventList", "v1")}
+
+
+def _item(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as a list's item: the API server leaves out its kind and apiVersion (the
+    list's say them)."""
+    return {key: value for key, value in obj.items() if key not in ("kind", "apiVersion")}
 
 
 def _resource(parts: list[str]) -> tuple[str | None, str, str]:

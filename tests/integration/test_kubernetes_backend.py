@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,7 @@ async def test_an_eviction_is_reported_as_such(harness: Any) -> None:
 async def test_pids_name_the_cluster_and_another_backend_can_wait_and_kill(
     harness: Any, tmp_path: Path
 ) -> None:
-    from agent.backends import BackendOptions
-    from agent.backends.base import BackendError
+    from agent.backends.base import BackendError, BackendOptions
     from agent.backends.kubernetes import KubernetesBackend
 
     handle, job = await _launched(harness, "run-adopted")
@@ -276,8 +276,7 @@ async def test_pids_name_the_cluster_and_another_backend_can_wait_and_kill(
 
 @pytest.mark.anyio
 async def test_a_cluster_config_block_picks_the_cluster(harness: Any) -> None:
-    from agent.backends import BackendOptions
-    from agent.backends.base import Job
+    from agent.backends.base import BackendOptions, Job
     from agent.backends.kubernetes import KubernetesBackend
 
     kubeconfig = json.loads(
@@ -285,9 +284,9 @@ async def test_a_cluster_config_block_picks_the_cluster(harness: Any) -> None:
     )
     backend = KubernetesBackend(BackendOptions(watch_interval=0.1, kubeconfig="/nonexistent/kubeconfig"))
     job = harness.job("run-cluster-config")
-    config = job.config.model_copy(update={"cluster_config": {"config": kubeconfig, "context_name": "fake"}})
+    runtime = replace(job.runtime, cluster_config={"config": kubeconfig, "context_name": "fake"})
     try:
-        handle = await backend.launch(Job(job.flow_run_id, job.flow_run_name, job.kind, job.payload, config))
+        handle = await backend.launch(Job(job.flow_run_id, job.flow_run_name, job.kind, job.payload, runtime))
         assert handle.pid.startswith(harness.fake.cluster_uid + ":default:")
         harness.fake.set_pod_phase(handle.pid.split(":")[-1], "Succeeded")
         assert (await backend.wait(handle)).succeeded

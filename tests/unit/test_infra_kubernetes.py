@@ -10,6 +10,7 @@ from support.golden import assert_golden, render_payload, run_context
 
 from agent.infra import InfraError, default_base_job_template, resolve_job_configuration
 from agent.infra.kubernetes import KubernetesConfig, KubernetesKind
+from agent.registry import REGISTRY
 
 SOURCE = "deployment 'etl/daily'"
 SECRET = "pnu_secret"
@@ -24,6 +25,8 @@ CTX = run_context(
     work_pool_name="k8s",
 )
 KIND = KubernetesKind()
+# the pool types and block slug are named once, in the registry's entry of the kind
+ENTRY = REGISTRY.get(KIND.kind)
 
 
 def from_pool(
@@ -55,7 +58,7 @@ def customizable_template() -> dict[str, Any]:
 
 class TestKind:
     def test_identity(self) -> None:
-        assert (KIND.kind, KIND.pool_types, KIND.block_slug) == (
+        assert (KIND.kind, ENTRY.pool_types, ENTRY.block_slug) == (
             "kubernetes",
             ("kubernetes",),
             "kubernetes-job",

@@ -1,4 +1,4 @@
-"""One Kubernetes API server: its client, its identity, raw JSON requests, error mapping.
+"""One Kubernetes API server: its client, its identity, raw JSON calls, error mapping.
 
 Requests go through the official client's `ApiClient` (auth, TLS, token refresh, proxies
 from the kubeconfig) but with our JSON as it is: the typed `BatchV1Api` methods validate
@@ -8,6 +8,7 @@ reshape what the kind built, and `render` promises the payload is sent byte for 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -49,12 +50,13 @@ class Cluster:
     uid: str | None = None
     identity_checked: bool = False
     _streams: set[Any] = field(default_factory=set)
+    _closing: bool = False
 
-    def request(
+    def call(
         self, method: str, path: str, *, query: Mapping[str, str] | None = None, body: Any = None
     ) -> Any:
         """One JSON request; ApiException on a non-2xx answer."""
-        response = self._send(method, path, query, body, _TIMEOUT)
+        response = self._open(method, path, query, body, _TIMEOUT)
         raw = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
@@ -62,7 +64,7 @@ class Cluster:
 
     def stream(self, path: str, query: Mapping[str, str], timeout: float) -> Iterator[dict[str, Any]]:
         """The events of one watch request, until the server ends it; Gone on 410."""
-        response = self._send("GET", path, {**query, "watch": "true"}, None, (10.0, timeout + 15))
+        response = self._open("GET", path, {**query, "watch": "true"}, None, (10.0, timeout + 15))
         raw = response.response
         if not 200 <= response.status <= 299:
             response.read()
@@ -71,6 +73,8 @@ class Cluster:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         self._streams.add(raw)
         try:
+            if self._closing:  # closed while this request was on its way: no stream left behind
+                return
             from kubernetes.watch.watch import iter_resp_lines
 
             for line in iter_resp_lines(raw):
@@ -88,18 +92,14 @@ class Cluster:
             raw.release_conn()
 
     def close_streams(self) -> None:
-        """Unblock watch threads at shutdown: their reads end at once."""
+        """Unblock watch threads at shutdown: their reads end at once, and none starts."""
+        self._closing = True
         for raw in list(self._streams):
-            sock = getattr(getattr(raw, "connection", None), "sock", None)
-            try:
-                if sock is not None:
-                    import socket
+            # urllib3's way to end a read blocked in another thread (its socket, SHUT_RD)
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                raw.shutdown()
 
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def _send(self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: Any) -> Any:
+    def _open(self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: Any) -> Any:
         method, url, headers, body, _ = self.api.param_serialize(
             method,
             path,
@@ -115,7 +115,7 @@ class Cluster:
         if self.identity_checked:
             return
         try:
-            self.uid = self.request("GET", "/api/v1/namespaces/kube-system")["metadata"]["uid"]
+            self.uid = self.call("GET", "/api/v1/namespaces/kube-system")["metadata"]["uid"]
         except (ApiException, KeyError, TypeError, ValueError):
             self.uid = None  # a namespaced role cannot read it: pids then carry no identity
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -1,57 +1,57 @@
-"""A run's job as the backend tracks it, its pid, and the API calls made about one job.
+"""A run's job as the backend watches it, its pid, and the API calls made about jobs.
 
-Every call runs in a worker thread and is retried with the agent's one policy on
-throttling and transient errors (`BackendUnavailable`); other errors are mapped once, in
-`cluster.api_error`.
+Every call goes through the backend's one `SdkCalls`: it runs in a worker thread, its
+errors are mapped once (`cluster.api_error`) and throttling or transient errors are
+retried with the agent's retry policy.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import anyio
-import anyio.to_thread
-
-from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
-from agent.backends.kubernetes.cluster import ApiException, Cluster, api_error
+from agent.backends.base import BackendError, InfrastructureNotFound, LaunchError
+from agent.backends.kubernetes.cluster import ApiException, Cluster
 from agent.backends.kubernetes.status import newest_pod, outcome_from_pod
+from agent.backends.sdk import SdkCalls
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
-from agent.retry import RetryPolicy
 
-__all__ = ["JOBS", "JobsApi", "Tracked", "killed", "name_for", "split_pid"]
+__all__ = [
+    "JOBS",
+    "RUN_LABEL",
+    "JobState",
+    "JobsApi",
+    "killed",
+    "name_for",
+    "pid_for",
+    "run_log",
+    "split_pid",
+]
 
 JOBS: Final = "/apis/batch/v1/namespaces/{ns}/jobs"
+RUN_LABEL: Final = "prefect.io/flow-run-id"  # on every run's job and pod template (the kind sets it)
 _SUFFIX_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"  # the API server's generateName alphabet
 
 
 @dataclass
-class Tracked:
+class JobState:
+    """The backend's own part of a watched job (`engine.Watched.state`)."""
+
     cluster: Cluster
     namespace: str
     name: str
-    flow_run_id: str
-    start_timeout: int | None
-    run_timeout: int | None
     keep: bool  # finished_job_ttl is set: Kubernetes removes the job, not us
     created_at: float | None = None  # monotonic; None until the API has the job
-    started: bool = False
-    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    problem: str = ""
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last seen copy of each
+    problem: str = ""  # why its pod is not running, in Kubernetes' words
     killed: bool = False
-    ending: bool = False
-    outcome: Outcome | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.cluster.key, self.namespace, self.name)
 
-    @property
-    def log(self) -> Any:
-        return get_logger("agent.backends.kubernetes", flow_run_id=self.flow_run_id, ship=True)
+def run_log(flow_run_id: str) -> Any:
+    return get_logger("agent.backends.kubernetes", flow_run_id=flow_run_id, ship=True)
 
 
 def split_pid(pid: str) -> tuple[str | None, str, str]:
@@ -64,6 +64,11 @@ def split_pid(pid: str) -> tuple[str | None, str, str]:
         f"not a Kubernetes job pid: {pid!r}; "
         "expected '<namespace>:<job>' or '<cluster-uid>:<namespace>:<job>'"
     )
+
+
+def pid_for(cluster: Cluster, namespace: str, name: str) -> str:
+    """Prefect 2's `<cluster-uid>:<namespace>:<job>`, or Prefect 3's form without an identity."""
+    return f"{namespace}:{name}" if cluster.uid is None else f"{cluster.uid}:{namespace}:{name}"
 
 
 def killed() -> Outcome:
@@ -81,63 +86,81 @@ def name_for(manifest: dict[str, Any]) -> str:
 
 
 class JobsApi:
-    def __init__(self, retry: RetryPolicy) -> None:
-        self._retry = retry
+    def __init__(self, calls: SdkCalls) -> None:
+        self._calls = calls
 
-    async def request(
-        self, cluster: Cluster, what: str, method: str, path: str, *, allow: tuple[int, ...] = (), **kw: Any
+    async def call(
+        self,
+        cluster: Cluster,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        allow: tuple[int, ...] = (),
+        retry: bool = True,
+        **kw: Any,
     ) -> Any:
-        """One API call in a worker thread, retried on throttling and transient errors;
-        None when the answer's status is in `allow` (404 for an idempotent delete)."""
+        """One API call; None when the answer's status is in `allow` (404 for an idempotent
+        delete). `retry=False`: one attempt, for reads that are only worth a try."""
 
-        def call() -> Any:
+        def send() -> Any:
             try:
-                return cluster.request(method, path, **kw)
+                return cluster.call(method, path, **kw)
             except ApiException as exc:
                 if exc.status in allow:
                     return None
-                raise api_error(exc, what) from None
-            except Exception as exc:  # noqa: BLE001 - mapped in one place
-                raise api_error(exc, what) from None
+                raise
 
-        async def attempt() -> Any:
-            return await anyio.to_thread.run_sync(call)
+        return await (self._calls(send, what) if retry else self._calls.once(send, what))
 
-        return await self._retry.call(attempt, retry_on=(BackendUnavailable,))
-
-    async def create(self, tracked: Tracked, manifest: dict[str, Any]) -> None:
+    async def create(self, state: JobState, manifest: dict[str, Any], flow_run_id: str) -> None:
         """Create the job; a retry after a lost answer finds our own job (409) and keeps it."""
-        path = JOBS.format(ns=tracked.namespace)
-        what = f"creating job {tracked.name} in namespace {tracked.namespace}"
-        if await self.request(tracked.cluster, what, "POST", path, body=manifest, allow=(409,)) is not None:
+        path = JOBS.format(ns=state.namespace)
+        what = f"creating job {state.name} in namespace {state.namespace}"
+        if await self.call(state.cluster, what, "POST", path, body=manifest, allow=(409,)) is not None:
             return
-        existing = await self.request(tracked.cluster, what, "GET", f"{path}/{tracked.name}")
+        existing = await self.call(state.cluster, what, "GET", f"{path}/{state.name}")
         labels = (existing.get("metadata") or {}).get("labels") or {}
-        if labels.get("prefect.io/flow-run-id") != tracked.flow_run_id:
-            raise LaunchError(
-                f"{what}: a job named {tracked.name!r} exists already and belongs to another run"
-            )
+        if labels.get(RUN_LABEL) != flow_run_id:
+            raise LaunchError(f"{what}: a job named {state.name!r} exists already and belongs to another run")
 
-    async def read_outcome(self, tracked: Tracked, failure: str) -> Outcome:
+    async def read(self, cluster: Cluster, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The job as the API has it now; None when it does not exist."""
+        path = f"{JOBS.format(ns=namespace)}/{name}"
+        return await self.call(cluster, f"reading job {name}", "GET", path, allow=(404,))
+
+    async def of_run(self, cluster: Cluster, namespace: str, flow_run_id: str) -> list[Mapping[str, Any]]:
+        """The jobs in a namespace labelled with a flow run's id (a label selector list)."""
+        query = {"labelSelector": f"{RUN_LABEL}={flow_run_id}"}
+        what = f"looking for the jobs of flow run {flow_run_id} in namespace {namespace}"
+        answer = await self.call(cluster, what, "GET", JOBS.format(ns=namespace), query=query)
+        return list(answer.get("items") or [])
+
+    async def read_outcome(self, state: JobState, failure: str, flow_run_id: str) -> Outcome:
         """The job's end from its pods, read once (the watch's copy may lag); the cached
         pods when the job and its pods are gone already (a TTL of 0)."""
-        pods = dict(tracked.pods)
-        query = {"labelSelector": f"job-name={tracked.name}"}
-        path = f"/api/v1/namespaces/{tracked.namespace}/pods"
+        pods = dict(state.pods)
+        query = {"labelSelector": f"job-name={state.name}"}
+        path = f"/api/v1/namespaces/{state.namespace}/pods"
         try:
-            listed = await self.request(tracked.cluster, "reading the job's pods", "GET", path, query=query)
+            listed = await self.call(state.cluster, "reading the job's pods", "GET", path, query=query)
             pods.update({(p.get("metadata") or {}).get("name", ""): p for p in listed.get("items") or []})
         except BackendError as exc:
-            tracked.log.warning("could not read the job's pods; using the last seen state", error=str(exc))
+            run_log(flow_run_id).warning(
+                "could not read the job's pods; using the last seen state", error=str(exc)
+            )
         return outcome_from_pod(newest_pod(pods.values(), prefer_succeeded=not failure), failure)
 
-    async def events_reason(self, tracked: Tracked) -> str:
+    async def events_reason(self, state: JobState) -> str:
         """Why a job has no pod: the job controller's last warning (a ResourceQuota refusal
-        is only ever an event: "FailedCreate: pods ... is forbidden: exceeded quota")."""
-        query = {"fieldSelector": f"involvedObject.name={tracked.name},involvedObject.kind=Job"}
-        path = f"/api/v1/namespaces/{tracked.namespace}/events"
+        is only ever an event: "FailedCreate: pods ... is forbidden: exceeded quota").
+        One try: the deadline that asks must not wait out a retry budget."""
+        query = {"fieldSelector": f"involvedObject.name={state.name},involvedObject.kind=Job"}
+        path = f"/api/v1/namespaces/{state.namespace}/events"
         try:
-            events = await self.request(tracked.cluster, "reading the job's events", "GET", path, query=query)
+            events = await self.call(
+                state.cluster, "reading the job's events", "GET", path, query=query, retry=False
+            )
         except BackendError:
             return ""
         warnings = [e for e in events.get("items") or [] if e.get("type") == "Warning"]
@@ -153,5 +176,5 @@ class JobsApi:
         query = {"propagationPolicy": "Foreground", "gracePeriodSeconds": str(int(grace))}
         path = f"{JOBS.format(ns=namespace)}/{name}"
         what = f"deleting job {name} in namespace {namespace}"
-        answer = await self.request(cluster, what, "DELETE", path, query=query, body=options, allow=(404,))
+        answer = await self.call(cluster, what, "DELETE", path, query=query, body=options, allow=(404,))
         return answer is not None

@@ -18,6 +18,7 @@ __all__ = [
     "newest_pod",
     "outcome_from_pod",
     "pod_started",
+    "run_job",
     "start_problem",
 ]
 
@@ -94,6 +95,17 @@ def job_finished(job: Mapping[str, Any]) -> tuple[bool, str]:
             reason, message = condition.get("reason") or "Failed", condition.get("message")
             return True, _clip(f"{reason}: {message}" if message else reason)
     return False, ""
+
+
+def run_job(jobs: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Of the jobs labelled with one run (a re-run after a crash can leave an older one kept
+    for its TTL), the one that matters: an unfinished one, else the newest."""
+
+    def key(job: Mapping[str, Any]) -> tuple[bool, str, str]:
+        meta = _meta(job)
+        return not job_finished(job)[0], meta.get("creationTimestamp") or "", meta.get("name") or ""
+
+    return max(jobs, key=key, default=None)
 
 
 def newest_pod(pods: Iterable[Mapping[str, Any]], *, prefer_succeeded: bool) -> Mapping[str, Any] | None:
