@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def state_dir(self) -> Path:
+        """What must outlive the agent on this host (local runs' exit status records)."""
+        return self.data_dir / "state"
+
+    @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
             initial=self.retry_initial,

@@ -9,6 +9,7 @@ and the fix, and never show an environment value (they are often secrets).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Annotated, Any, ClassVar, Final
 
@@ -32,7 +33,7 @@ from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
-__all__ = ["ProcessJobConfig", "ProcessKind", "process_config"]
+__all__ = ["ProcessJobConfig", "ProcessKind", "ProcessRuntime", "process_config"]
 
 
 def _platform_path(value: Any) -> Any:
@@ -149,6 +150,14 @@ def process_config(resolved: Mapping[str, Any], *, source: str) -> ProcessJobCon
     raise InfraError(message, field=path, source=source) from None
 
 
+@dataclass(frozen=True)
+class ProcessRuntime:
+    """What the process backend needs beyond the payload: nothing today. The command, its
+    env, working directory and output streaming are all in the payload, where
+    customizations can patch them; agent-wide settings (the state dir for exit records)
+    come in the backend's options."""
+
+
 class ProcessKind:
     """Local processes: Prefect's `process` pool type and the Prefect 2 `process` block.
 
@@ -160,8 +169,6 @@ class ProcessKind:
     """
 
     kind: ClassVar[str] = "process"
-    pool_types: ClassVar[tuple[str, ...]] = ("process",)
-    block_slug: ClassVar[str] = "process"
 
     def __init__(self, *, python: str, base_env: Mapping[str, str]) -> None:
         self._python = python
@@ -186,7 +193,12 @@ class ProcessKind:
         }
 
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
-        return list(getattr(config, "customizations", []))
+        assert isinstance(config, ProcessJobConfig)
+        return list(config.customizations)
+
+    def runtime(self, config: BaseModel) -> ProcessRuntime:
+        assert isinstance(config, ProcessJobConfig)
+        return ProcessRuntime()
 
 
 def _with_customizations(values: Mapping[str, Any], source: str) -> Any:

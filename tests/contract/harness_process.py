@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from agent.backends.base import Handle, Job
+from agent.backends.base import BackendOptions, Handle, Job
 from agent.backends.process import ProcessBackend
 from agent.infra.process import ProcessKind
 from agent.infra.spec import RunContext
@@ -19,7 +19,7 @@ class ProcessHarness:
     supports_start_timeout = False
 
     def __init__(self, tmp_path: Path) -> None:
-        self.backend = ProcessBackend(hostname="contract-host")
+        self.backend = ProcessBackend(BackendOptions(state_dir=tmp_path / "state"), hostname="contract-host")
         self._dir = tmp_path
         self._kind = ProcessKind(python=sys.executable, base_env={"PATH": os.environ["PATH"]})
 
@@ -36,7 +36,7 @@ class ProcessHarness:
             {"command": ["sh", "-c", script]}, pool_type="process", source="contract"
         )
         payload = self._kind.build_payload(config, RunContext(name, name))
-        return Job(name, name, "process", payload, config)
+        return Job(name, name, "process", payload, self._kind.runtime(config))
 
     async def finish(self, handle: Handle, *, exit_code: int, oom: bool = False) -> None:
         self._verdict(handle.flow_run_id).write_text("oom" if oom else str(exit_code))

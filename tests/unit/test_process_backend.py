@@ -10,9 +10,9 @@ import anyio
 import psutil
 import pytest
 
-from agent.backends.base import Job, LaunchError
+from agent.backends.base import BackendOptions, Job, LaunchError
 from agent.backends.process import ProcessBackend
-from agent.infra.process import ProcessKind
+from agent.infra.process import ProcessKind, ProcessRuntime
 from agent.infra.spec import RunContext
 from agent.outcome import Reason
 
@@ -23,12 +23,12 @@ def _job(command: str, **extra: object) -> Job:
     kind = ProcessKind(python=sys.executable, base_env={"PATH": os.environ["PATH"]})
     config = kind.config_from_pool({"command": command, **extra}, pool_type="process", source="test")
     payload = kind.build_payload(config, RunContext("run-1", "run", env={"SECRET": "x"}))
-    return Job("run-1", "run", "process", payload, config)
+    return Job("run-1", "run", "process", payload, kind.runtime(config))
 
 
 def _run(command: str, **extra: object):
     async def scenario():
-        backend = ProcessBackend(hostname="here")
+        backend = ProcessBackend(BackendOptions(), hostname="here")
         handle = await backend.launch(_job(command, **extra))
         assert handle.pid.startswith("here:")
         return await backend.wait(handle)
@@ -62,7 +62,7 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
 
     async def scenario():
-        backend = ProcessBackend(hostname="here")
+        backend = ProcessBackend(BackendOptions(), hostname="here")
         # the shell ignores SIGTERM, so the kill must escalate; its child must die too
         handle = await backend.launch(
             _job(f"sh -c 'trap \"\" TERM; sleep 300 & echo $! > {marker}; wait'")
@@ -81,7 +81,7 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_a_handle_from_another_host_is_refused() -> None:
-    backend = ProcessBackend(hostname="here")
+    backend = ProcessBackend(BackendOptions(), hostname="here")
     handle = backend.parse_pid("elsewhere:123")
     with pytest.raises(Exception, match="elsewhere"):
         anyio.run(lambda: backend.kill(handle, 1))
@@ -106,8 +106,9 @@ def test_customizations_patch_the_launch_payload(tmp_path: Path) -> None:
     )
 
     async def scenario():
-        backend = ProcessBackend(hostname="here")
-        return await backend.wait(await backend.launch(Job("run-1", "run", "process", payload)))
+        backend = ProcessBackend(BackendOptions(), hostname="here")
+        job = Job("run-1", "run", "process", payload, ProcessRuntime())
+        return await backend.wait(await backend.launch(job))
 
     assert anyio.run(scenario).succeeded
     assert marker.read_text().strip() == "patched"
