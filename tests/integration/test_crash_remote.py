@@ -19,7 +19,7 @@ import pytest
 from fakes.kubernetes_fake import KubernetesFake
 from support.moto_ecs import MotoEcs, ecs_template, moto_ecs
 from support.prefect_api import PrefectAPI, state_message, wait_for
-from support.proxy import FaultProxy, route_of
+from support.proxy import FaultProxy
 from support.server import PrefectServer
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,11 @@ IMAGE = "registry.example/flows:1"
 FAST = {"FLOW_AGENT_RECONCILE_INTERVAL": "1", "FLOW_AGENT_WATCH_INTERVAL": "0.2"}
 
 
-class NoPidReports(FaultProxy):
-    """Forwards everything but the pid report (`PATCH /flow_runs/{id}`), answered 503."""
-
-    def _decide(self, method: str, path: str) -> bool:
-        super()._decide(method, path)
-        return route_of(method, path).endswith("PATCH /api/flow_runs/{id}")
-
-
 @pytest.fixture
 def no_pid_reports(prefect_server: PrefectServer) -> Iterator[FaultProxy]:
-    with NoPidReports(prefect_server.api_url, fail_ratio=0.0) as proxy:
+    """Forwards everything but the pid report (`PATCH /flow_runs/{id}`), answered 503."""
+    with FaultProxy(prefect_server.api_url, fail_ratio=0.0) as proxy:
+        proxy.fail_route(r"^PATCH /api/flow_runs/\{id\}$")
         yield proxy
 
 
