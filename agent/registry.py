@@ -2,14 +2,17 @@
 
 A kind is named once, here: its infrastructure kind class (configuration and payload,
 `agent/infra/`), its backend class (launch and watch, `agent/backends/`), the SDK and the
-extra that install the backend, the work pool types it serves, its legacy block slug, and
-the module of its block type for the Prefect UI. Everything else is derived from this
-table: which kind serves a pool or a block, which backends an agent can build, the
-metrics' backend label, block registration, and the contract suite's list of backends.
+extra that install the backend, the work pool types it serves and its legacy Prefect 2
+block slug. Everything else is derived from this table: which kind serves a pool or a
+block (`agent.infra.kinds.Kinds`), which backends an agent can build
+(`agent.backends.Backends`), the metrics' backend label, which block types are registered
+(`agent.blocks`, which fails at import for a slug without a block spec), and the contract
+suite's list of harnesses.
 
 Classes are named as "module:attribute" and imported on first use, so naming a kind costs
 nothing until a run of it comes (an agent serving process pools never imports boto3).
-A sixth backend is one `KindEntry` in `BUILTIN` (or, from outside, `register`).
+A sixth backend is one `KindEntry` in `BUILTIN` (or, from outside, `register`): see
+docs/adding-a-backend.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KindEntry", "Registry", "REGISTRY", "load", "register"]
+__all__ = ["KindEntry", "Registry", "REGISTRY", "load", "register", "unregister"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class KindEntry:
     kind_class: str  # "module:Class" of the infrastructure kind (agent/infra)
     backend_class: str  # "module:Class" of the backend (agent/backends)
     pool_types: tuple[str, ...]  # work pool types served, e.g. ("cloud-run-v2", "cloud-run")
-    block_slug: str  # the legacy Prefect 2 infrastructure block type slug
+    block_slug: str | None = None  # its Prefect 2 infrastructure block type, if it had one
     sdk: str | None = None  # the module that must be importable for the backend to load
     extra: str | None = None  # `pip install 'flow-agent[<extra>]'` installs that SDK
     # agent-wide options the kind's constructor takes by keyword (e.g. "python", "base_env")
@@ -66,7 +69,7 @@ class Registry:
             if other.kind == entry.kind:
                 continue
             taken = set(other.pool_types) & set(entry.pool_types)
-            if taken or other.block_slug == entry.block_slug:
+            if taken or (entry.block_slug is not None and other.block_slug == entry.block_slug):
                 raise ValueError(f"kind {entry.kind!r} reuses a pool type or block slug of {other.kind!r}")
         self._entries[entry.kind] = entry
 
@@ -96,7 +99,8 @@ class Registry:
         return sorted(t for e in self._entries.values() for t in e.pool_types)
 
     def block_slugs(self) -> list[str]:
-        return [e.block_slug for e in self._entries.values()]
+        """The legacy block slugs, in registration order (the order blocks are registered)."""
+        return [e.block_slug for e in self._entries.values() if e.block_slug is not None]
 
 
 BUILTIN = [
@@ -148,3 +152,4 @@ BUILTIN = [
 
 REGISTRY = Registry(BUILTIN)
 register = REGISTRY.register
+unregister = REGISTRY.unregister

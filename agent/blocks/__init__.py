@@ -1,4 +1,4 @@
-"""The five Prefect 2 infrastructure block types, as the Prefect UI needs them registered.
+"""The Prefect 2 infrastructure block types, as the Prefect UI needs them registered.
 
 A stock Prefect 3 server knows none of them, so a deployment whose
 `infrastructure_document_id` points at (say) an `ecs-task` document cannot even be shown,
@@ -8,6 +8,10 @@ from the pydantic models in `agent.blocks.models` and post-processed to Prefect'
 conventions: `definitions` instead of `$defs`, `position` 0, 1, 2… in form order,
 `secret_fields` for masking, `block_type_slug`, `block_schema_references` (filled in at
 registration, when the server tells us the credentials blocks' checksums).
+
+Which block types there are is the registry's (`agent.registry`: each kind's
+`block_slug`); this module holds their cards. A slug without a card here, or a card no kind
+names, fails at import rather than leave a block type out of the UI.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from agent.api.blocks import BlockTypeSpec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
 from agent.blocks.models import KubernetesJobBlock, ProcessBlock
+from agent.registry import REGISTRY, Registry
 
 __all__ = [
     "CAPABILITY",
     "INFRASTRUCTURE_BLOCKS",
     "INFRASTRUCTURE_SLUGS",
     "block_schema_fields",
+    "block_specs",
     "get_block_spec",
 ]
 
@@ -118,7 +124,7 @@ def _spec(
     )
 
 
-INFRASTRUCTURE_BLOCKS: Final[tuple[BlockTypeSpec, ...]] = (
+_CARDS: Final[tuple[BlockTypeSpec, ...]] = (
     _spec(
         ProcessBlock,
         name="Process",
@@ -170,6 +176,23 @@ INFRASTRUCTURE_BLOCKS: Final[tuple[BlockTypeSpec, ...]] = (
     ),
 )
 
+
+def block_specs(registry: Registry = REGISTRY) -> tuple[BlockTypeSpec, ...]:
+    """The cards of the registry's block slugs, in the registry's order."""
+    cards = {spec.slug: spec for spec in _CARDS}
+    slugs = registry.block_slugs()
+    if missing := [slug for slug in slugs if slug not in cards]:
+        raise LookupError(
+            f"block slug(s) {', '.join(missing)} of agent.registry have no block spec in agent.blocks"
+        )
+    if unused := [slug for slug in cards if slug not in slugs]:
+        raise LookupError(
+            f"block spec(s) {', '.join(unused)} in agent.blocks belong to no kind of agent.registry"
+        )
+    return tuple(cards[slug] for slug in slugs)
+
+
+INFRASTRUCTURE_BLOCKS: Final[tuple[BlockTypeSpec, ...]] = block_specs()
 INFRASTRUCTURE_SLUGS: Final[tuple[str, ...]] = tuple(spec.slug for spec in INFRASTRUCTURE_BLOCKS)
 
 

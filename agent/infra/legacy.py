@@ -20,16 +20,11 @@ from agent.api.client import PrefectClient
 from agent.infra.merge import expand_dot_keys
 from agent.infra.references import secret_values
 from agent.infra.templating import InfraError
+from agent.registry import REGISTRY
 
 __all__ = ["LEGACY_SLUGS", "LegacyInfra", "apply_overrides", "load_infrastructure_block"]
 
-LEGACY_SLUGS: Final[tuple[str, ...]] = (
-    "process",
-    "ecs-task",
-    "cloud-run-job",
-    "azure-container-instance-job",
-    "kubernetes-job",
-)
+LEGACY_SLUGS: Final[tuple[str, ...]] = tuple(REGISTRY.block_slugs())
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ class RunContext:
 
 
 class InfraKind(Protocol):
-    kind: ClassVar[str]  # "process", "ecs", "cloud-run", "aci", "kubernetes"
-    pool_types: ClassVar[tuple[str, ...]]  # work pool types served, e.g. ("cloud-run-v2", "cloud-run")
-    block_slug: ClassVar[str]  # legacy block type slug, e.g. "cloud-run-job"
+    # "process", "ecs", ...: its `agent.registry` entry's name, which also says which pool
+    # types and legacy block slug the kind serves
+    kind: ClassVar[str]
 
     def config_from_pool(self, resolved: Mapping[str, Any], *, pool_type: str, source: str) -> BaseModel:
         """From a pool's resolved job configuration (templating done, references resolved)."""

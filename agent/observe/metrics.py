@@ -1,9 +1,9 @@
 """Every Prometheus metric of the agent, defined once, in a registry of its own.
 
-Label values come only from fixed vocabularies (outcomes, HTTP status codes, backend
-kinds) and from the configured pool names, so no secret and no unbounded value (a run
-id, an error message) can ever become a label: anything outside a vocabulary is counted
-as "other".
+Label values come only from fixed vocabularies (outcomes, HTTP status codes, the kinds
+of `agent.registry`) and from the configured pool names, so no secret and no unbounded
+value (a run id, an error message) can ever become a label: anything outside a
+vocabulary is counted as "other".
 
 | metric | type | labels |
 |---|---|---|
@@ -25,11 +25,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["API_ERROR_NETWORK", "BACKEND_KINDS", "OUTCOMES", "Metrics", "outcome_label"]
+from agent.registry import REGISTRY
+
+__all__ = ["API_ERROR_NETWORK", "OUTCOMES", "Metrics", "outcome_label"]
 
 # How a claimed run ended, as counted (a run is counted once, when its report is done).
 OUTCOMES = frozenset({"completed", "crashed", "oom", "cancelled", "failed_to_launch"})
-BACKEND_KINDS = frozenset({"process", "ecs", "cloud-run", "aci", "kubernetes"})
 API_ERROR_NETWORK = "network"  # connection refused or reset, timeouts, DNS: no HTTP status
 _OTHER = "other"
 _UNLIMITED = -1
@@ -126,7 +127,8 @@ class Metrics:
 
 
 def _kind(kind: str) -> str:
-    return kind if kind in BACKEND_KINDS else _OTHER
+    # the registry is a fixed table of kinds, so this stays a bounded vocabulary
+    return kind if kind in REGISTRY else _OTHER
 
 
 def _pool(pool: str) -> str:

@@ -20,7 +20,7 @@ import anyio
 
 from agent.api import ApiError, FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
-from agent.backends import EXTRAS
+from agent.backends import extra_for
 from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.infra import InfraError
 from agent.observe.logging import get_logger
@@ -142,7 +142,7 @@ class Runner:
             return None
         backend = self._backends.get(job.kind)
         if backend is None:
-            extra = EXTRAS.get(job.kind)
+            extra = extra_for(job.kind)
             install = f"install it with `pip install 'flow-agent[{extra}]'` or " if extra else ""
             message = (
                 f"this flow-agent has no {job.kind!r} backend; {install}serve this run with an "

@@ -7,27 +7,50 @@ outcomes the runner can turn into truthful states.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
+from support.fake_backend import FAKE
 
 from agent.outcome import Reason
+from agent.registry import REGISTRY, KindEntry, register, unregister
 
-# kind -> "module:factory"; a factory takes tmp_path and returns a Harness (an async
-# context is not needed: the fixture calls aclose). Cloud harnesses skip when their SDK
-# or double is not installed.
-HARNESSES = {
-    "process": "contract.harness_process:ProcessHarness",
-    "ecs": "contract.harness_ecs:make_harness",
-    "cloud-run": "contract.harness_cloud_run:make_harness",
-    "aci": "contract.harness_aci:make_harness",
-    "kubernetes": "contract.harness_kubernetes:make_harness",
-}
+# Every kind of the registry, and the test fake (registered through it while its tests
+# run), each with its harness module contract/harness_<kind, "-" as "_">.py.
+KINDS: dict[str, KindEntry] = {entry.kind: entry for entry in [*REGISTRY, FAKE]}
+HARNESSES = {kind: f"contract.harness_{kind.replace('-', '_')}" for kind in KINDS}
 
 pytestmark = pytest.mark.anyio
+
+
+def _factory(module: ModuleType, kind: str) -> Any:
+    """A harness module's factory: takes tmp_path, returns a Harness (or an awaitable of
+    one; the fixture calls aclose). `make_harness`, else the class named for the kind
+    (ProcessHarness). Cloud harnesses skip when their SDK or double is not installed."""
+    names = ("make_harness", "".join(part.title() for part in kind.split("-")) + "Harness")
+    for name in names:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"{module.__name__} has none of {', '.join(names)}")
+
+
+@contextlib.contextmanager
+def _registered(entry: KindEntry) -> Iterator[None]:
+    """The kind in the registry while its harness runs (only the fake is not already)."""
+    if entry.kind in REGISTRY:
+        yield
+        return
+    register(entry)
+    try:
+        yield
+    finally:
+        unregister(entry.kind)
 
 
 @pytest.fixture
@@ -37,20 +60,21 @@ def anyio_backend() -> str:
 
 @pytest.fixture(params=list(HARNESSES))
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
-    module_name, factory = HARNESSES[request.param].split(":")
+    kind = request.param
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(HARNESSES[kind])
     except ModuleNotFoundError as exc:
         if exc.name and (exc.name.startswith("contract.harness_") or exc.name.startswith("agent.backends.")):
-            pytest.skip(f"no {request.param} backend yet")
+            pytest.skip(f"no {kind} backend yet")
         raise
-    made = getattr(module, factory)(tmp_path)
-    if hasattr(made, "__await__"):
-        made = await made
-    try:
-        yield made
-    finally:
-        await made.aclose()
+    with _registered(KINDS[kind]):
+        made = _factory(module, kind)(tmp_path)
+        if hasattr(made, "__await__"):
+            made = await made
+        try:
+            yield made
+        finally:
+            await made.aclose()
 
 
 async def _launch(harness, name: str):  # type: ignore[no-untyped-def]
