@@ -73,7 +73,7 @@ class Agent:
         self.backends: Backends = load_backends(
             BackendOptions(
                 retry=settings.retry_policy,
-                state_dir=settings.data_dir / "state",
+                state_dir=settings.state_dir,
                 watch_interval=settings.watch_interval,
                 gcp_endpoint=settings.gcp_endpoint,
                 azure_arm_endpoint=settings.azure_arm_endpoint,
