@@ -28,7 +28,7 @@ from agent.api.models import (
     Worker,
     WorkPool,
 )
-from agent.retry import RetryPolicy
+from agent.retry import RetryPolicy, retry_scope
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -261,8 +261,10 @@ class PrefectClient:
             # The server also accepts PENDING from CRASHED/FAILED/COMPLETED (that is how a
             # manual re-run works). Only a claim out of SCHEDULED carries the copied
             # scheduled time; anything else means our poll was stale and the run already
-            # ran elsewhere. Put its state back and never launch it.
-            await self._restore_previous_state(run_id, state.id)
+            # ran elsewhere. Put its state back and never launch it, even when stopping:
+            # left PENDING, a run that already ran would be rescheduled.
+            with retry_scope():
+                await self._restore_previous_state(run_id, state.id)
             return ClaimResult(False, reason="stale poll: the run had already ended")
         return ClaimResult(True, lease_id=state.state_details.get("deployment_concurrency_lease_id"))
 

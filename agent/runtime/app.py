@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from agent.aio import first_completed
-from agent.api import AuthError, PrefectClient, TransientError
+from agent.api import AuthError, PrefectClient
 from agent.backends import BackendOptions, Backends, load_backends
 from agent.backends.base import Backend
 from agent.observe.health import HealthState, serve_health
@@ -25,6 +25,7 @@ from agent.observe.metrics import Metrics
 from agent.observe.sdnotify import SystemdNotifier
 from agent.observe.shipper import LogShipper
 from agent.registry import REGISTRY
+from agent.retry import Interrupted, retry_scope
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.events import EventStream
@@ -42,6 +43,8 @@ __all__ = ["Agent", "serve"]
 
 log = get_logger("agent.runtime.app")
 
+
+_LAST_FLUSH_BUDGET = 2.0  # seconds of retrying for the log lines still buffered at exit
 
 # Legacy Prefect 2 work queues live in pools of this type; their runs name an
 # infrastructure block, which picks the backend.
@@ -158,22 +161,21 @@ class Agent:
             return "draining"
         return "no free slot" if self.slots.free == 0 else None
 
-    async def _ensure_pools(self) -> None:
-        """Wait for the server as long as it takes: an outage at start is not fatal."""
-        while not self.stop.is_set():
-            try:
+    async def _ensure_pools(self) -> bool:
+        """Wait for the server as long as it takes (an outage at start is not fatal), trying
+        at least once per poll interval; False if told to stop first."""
+        try:
+            with retry_scope(stop=self.stop, persistent=True, maximum=self.settings.poll_interval):
                 await self.pools.ensure_all()
-                return
-            except TransientError as exc:
-                log.warning("Prefect server not reachable; retrying", error=str(exc))
-                with anyio.move_on_after(self.settings.retry_max):
-                    await self.stop.wait()
+        except Interrupted:
+            return False
+        return not self.stop.is_set()
 
     async def run(self) -> None:
-        await self._ensure_pools()
-        if self.stop.is_set():
+        if not await self._ensure_pools():
             return
-        await self.watchdog.heartbeat_once()
+        # No heartbeat first: heartbeats run in their own loop, and a failing one must not
+        # hold back the polls.
         self.notifier.ready(f"serving {', '.join(self.pools.names)}")
         log.info(
             "flow-agent started",
@@ -262,7 +264,9 @@ async def serve(
         status = 2
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await shipper.flush()
+            # the last lines get a few retries, but a server that is down must not hold the exit
+            with retry_scope(budget=_LAST_FLUSH_BUDGET):
+                await shipper.flush()
             for backend in agent.backends.built():
                 await backend.aclose()
             await api.aclose()

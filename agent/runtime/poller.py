@@ -3,6 +3,11 @@
 The poll loop never awaits a run; it starts each claimed run in the app's task group and
 goes back to polling. A full page is followed by another poll at once, because scheduled
 work comes in bursts; otherwise it sleeps a jittered interval.
+
+Polls are their own retry: a failed poll is retried within one interval at most, then the
+loop polls again at its interval. Claims retry until answered, never sleeping longer than
+one interval, so after an outage the first claim comes within two intervals of the
+server's return. A stop ends the retry sleeps of polls and claims at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from agent.aio import first_completed
 from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
+from agent.retry import Interrupted, retry_scope
 from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
@@ -58,6 +64,7 @@ class Poller:
         self.last_poll: float | None = None  # monotonic time of the last successful poll
         self.claimed = 0
         self.claiming = False  # a batch of claims is in progress
+        self._failing: set[str] = set()  # pools whose last poll failed: said once per outage
         self._wake = anyio.Event()
 
     def wake(self) -> None:
@@ -87,29 +94,42 @@ class Poller:
             free = self._slots.free
             if free == 0 or stop.is_set():
                 break
-            scheduled = await self._poll_pool(name, free)
+            scheduled = await self._poll_pool(name, free, stop)
             if scheduled is None:
                 continue
             full |= len(scheduled) >= (free or _SERVER_PAGE)
             await self._claim_all(scheduled, stop, runs)
         return full
 
-    async def _poll_pool(self, name: str, limit: int | None) -> list[ScheduledRun] | None:
+    async def _poll_pool(self, name: str, limit: int | None, stop: anyio.Event) -> list[ScheduledRun] | None:
         before = datetime.now(UTC) + timedelta(seconds=self._prefetch)
-        try:
-            found = await self._api.get_scheduled_flow_runs(
-                name, queues=self._queues, scheduled_before=before, limit=limit
-            )
-        except TransientError as exc:
-            log.warning("poll failed; polling again later", pool=name, error=str(exc))
-            return None
-        except NotFound as exc:
-            log.error("work pool or queue not found; recreating the pool", pool=name, error=exc.detail)
-            await self._pools.ensure(name)
-            return None
+        # The scope covers this pool's requests only: the claims started later must not inherit it.
+        with retry_scope(stop=stop, budget=self._interval):
+            try:
+                found = await self._api.get_scheduled_flow_runs(
+                    name, queues=self._queues, scheduled_before=before, limit=limit
+                )
+            except NotFound as exc:
+                log.error("work pool or queue not found; recreating the pool", pool=name, error=exc.detail)
+                await self._recreate(name)
+                return None
+            except (TransientError, Interrupted) as exc:
+                level = log.debug if name in self._failing else log.warning
+                level("poll failed; polling again every interval", pool=name, error=str(exc))
+                self._failing.add(name)
+                return None
+        if name in self._failing:
+            log.info("polling again", pool=name)
+            self._failing.discard(name)
         self.last_poll = time.monotonic()
         self._metrics.polled()
         return found
+
+    async def _recreate(self, name: str) -> None:
+        try:
+            await self._pools.ensure(name)
+        except (TransientError, Interrupted) as exc:
+            log.warning("could not recreate the pool; trying at the next poll", pool=name, error=str(exc))
 
     async def _claim_all(self, scheduled: list[ScheduledRun], stop: anyio.Event, runs: TaskGroup) -> None:
         self.claiming = bool(scheduled)
@@ -129,13 +149,21 @@ class Poller:
                 self._slots.release()
                 return
             try:
-                result = await self._api.claim_flow_run(run.id, message=self._claim_message)
+                with retry_scope(stop=stop, maximum=self._interval):
+                    result = await self._api.claim_flow_run(run.id, message=self._claim_message)
             except AuthError:
                 self._slots.release()
                 raise
             except ApiError as exc:  # e.g. the run was deleted since the poll
                 self._slots.release()
                 log.warning("could not claim run", flow_run_id=run.id, error=str(exc))
+                return
+            except Interrupted as exc:
+                self._slots.release()
+                # A claim the server committed but never answered is a PENDING run that
+                # names this agent and has no workload: once this agent is gone, the
+                # reconciler of any agent puts it back to SCHEDULED.
+                log.warning("stopping: claim given up unanswered", flow_run_id=run.id, error=str(exc))
                 return
         if not result.claimed:
             self._slots.release()

@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from agent.api import PrefectClient, TransientError
 from agent.observe.logging import get_logger
+from agent.retry import retry_scope
 from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 
@@ -49,16 +50,22 @@ class Watchdog:
             self._check_now.set()
 
     async def heartbeat_once(self) -> None:
-        for name in self._pools.names:
-            try:
-                await self._pools.refresh(name)
-                await self._api.heartbeat(name, self._name, self._heartbeat_interval)
-            except TransientError as exc:
-                log.warning("heartbeat failed; trying again next interval", pool=name, error=str(exc))
-                return
-        self.last_heartbeat = time.monotonic()
+        # retried within one interval at most: the next heartbeat is the retry after that
+        beating = True
+        with retry_scope(budget=self._heartbeat_interval):
+            for name in self._pools.names:  # one pool failing does not silence the others
+                try:
+                    await self._pools.refresh(name)
+                    await self._api.heartbeat(name, self._name, self._heartbeat_interval)
+                except TransientError as exc:
+                    log.warning("heartbeat failed; trying again next interval", pool=name, error=str(exc))
+                    beating = False
+        if beating:
+            self.last_heartbeat = time.monotonic()
 
     async def heartbeat_loop(self) -> None:
+        """Heartbeat now and every interval. Nothing waits on it: polling goes on whether
+        heartbeats succeed or not."""
         while True:
             await self.heartbeat_once()
             await anyio.sleep(self._heartbeat_interval * random.uniform(0.85, 1.0))

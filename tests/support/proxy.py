@@ -4,8 +4,10 @@
 a deterministic pseudo-random fraction of requests itself (503 `{"exception_message":
 "Service Unavailable"}`, the SQLite-busy answer of a real Prefect server) and forwards
 the rest unchanged. `set_down(True)` simulates an outage: every request is answered with
-the fault status. Counters (`total`, `injected`, `forwarded`, `by_route`) tell what the
-client under test actually did.
+the fault status; `fail_route(pattern)` does the same for the routes it matches only.
+Counters (`total`, `injected`, `forwarded`, `by_route`) tell what the client under test
+actually did, and `seen()` when: each request's arrival time, route and fate, so a test
+can measure the client's timing against the proxy's own clock (`down_at`, `up_at`).
 
 stdlib `ThreadingHTTPServer` (one thread per connection, HTTP/1.1 keep-alive) plus one
 shared `httpx.Client` for the upstream side; enough for ~100 concurrent connections.
@@ -17,14 +19,16 @@ import json
 import random
 import re
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "Seen", "route_of"]
 
 # RFC 9110 §7.6.1, plus what must be recomputed for the re-encoded message.
 _HOP_BY_HOP = {
@@ -55,6 +59,16 @@ def route_of(method: str, path: str) -> str:
     return f"{method} {_ID.sub('{id}', path.split('?', 1)[0])}"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as the proxy saw it."""
+
+    at: float  # time.time() on arrival
+    route: str  # route_of(method, path)
+    path: str  # as sent, ids included
+    injected: bool  # answered with the fault status instead of forwarded
+
+
 class FaultProxy:
     def __init__(
         self,
@@ -77,6 +91,10 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._down = False
+        self._failing_routes: list[re.Pattern[str]] = []
+        self.down_at: float | None = None  # time.time() of the last set_down(True)
+        self.up_at: float | None = None  # ... and of the last set_down(False)
+        self._seen: list[Seen] = []
         self.total = 0
         self.injected = 0
         self.forwarded = 0
@@ -129,10 +147,27 @@ class FaultProxy:
 
     # -- control -------------------------------------------------------------------------------
 
-    def set_down(self, down: bool = True) -> None:
-        """While down, every request is answered with the fault status."""
+    def set_down(self, down: bool = True) -> float:
+        """While down, every request is answered with the fault status. Returns the time
+        of the change (time.time()), also kept in `down_at` / `up_at`."""
         with self._lock:
             self._down = down
+            now = time.time()
+            if down:
+                self.down_at = now
+            else:
+                self.up_at = now
+            return now
+
+    def fail_route(self, pattern: str) -> None:
+        """Answer every request whose route (`route_of`) matches the regex `pattern` with the
+        fault status, e.g. `fail_route(r"/workers/heartbeat$")`, until `heal_routes()`."""
+        with self._lock:
+            self._failing_routes.append(re.compile(pattern))
+
+    def heal_routes(self) -> None:
+        with self._lock:
+            self._failing_routes.clear()
 
     def set_fail_ratio(self, ratio: float) -> None:
         with self._lock:
@@ -142,6 +177,18 @@ class FaultProxy:
         with self._lock:
             self.total = self.injected = self.forwarded = 0
             self.by_route.clear()
+            self._seen.clear()
+
+    def seen(self, pattern: str = "", *, since: float = 0.0, injected: bool | None = None) -> list[Seen]:
+        """Requests that arrived at or after `since` whose route matches the regex `pattern`
+        (and were answered by the proxy, or forwarded, if `injected` says so), in order."""
+        regex = re.compile(pattern)
+        with self._lock:
+            return [
+                s
+                for s in self._seen
+                if s.at >= since and regex.search(s.route) and injected in (None, s.injected)
+            ]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -160,12 +207,20 @@ class FaultProxy:
             self.total += 1
             self.by_route[route_of(method, path)] += 1
             # Always draw, so the sequence of decisions only depends on the seed.
-            fail = self._rng.random() < self.fail_ratio or self._down
+            fail = self._rng.random() < self.fail_ratio or self._down or self._route_fails(method, path)
             if fail:
                 self.injected += 1
             else:
                 self.forwarded += 1
             return fail
+
+    def _route_fails(self, method: str, path: str) -> bool:
+        route = route_of(method, path)
+        return any(pattern.search(route) for pattern in self._failing_routes)
+
+    def _record(self, at: float, method: str, path: str, injected: bool) -> None:
+        with self._lock:
+            self._seen.append(Seen(at, route_of(method, path), path, injected))
 
     def _forward(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
@@ -209,7 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy = self.server.proxy
         body = self._read_body()
-        if proxy._decide(self.command, self.path):
+        arrived = time.time()
+        injected = proxy._decide(self.command, self.path)
+        proxy._record(arrived, self.command, self.path, injected)
+        if injected:
             self._send(proxy.status, [("Content-Type", "application/json")], proxy.body)
             return
         status, headers, content = proxy._forward(self.command, self.path, list(self.headers.items()), body)
