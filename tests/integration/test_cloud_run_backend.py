@@ -234,9 +234,11 @@ def test_a_new_backend_finds_the_execution_alive_and_after_it_ended(fake: CloudR
             assert again is not None and again.pid == handle.pid
             outcome = await finder.inspect(again)
             assert outcome is not None and outcome.exit_code == 1 and "exit code 1" in outcome.message()
+            assert fake.list_executions(job) == [handle.pid]  # nothing launched a second time
             with anyio.fail_after(20):
                 assert (await finder.wait(again)).exit_code == 1
-            assert fake.list_executions(job) == [handle.pid]  # nothing launched a second time
+            # adopted with the run's options (no keep_job): its job is cleaned up as by its launcher
+            assert await finder.find(_job("found-later")) is None
         finally:
             await finder.aclose()
 

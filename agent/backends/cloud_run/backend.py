@@ -98,8 +98,11 @@ class CloudRunBackend:
 
     async def wait(self, handle: Handle) -> Outcome:
         watched = self._engine.get(handle.pid)
-        if watched is None:  # launched by another agent (or before a restart): watch, keep its job
-            state = ExecutionState(await self._clients(handle), delete_job=False, timeout=_timeout(handle))
+        if watched is None:  # launched by another agent (or before a restart)
+            # its job is cleaned up as its launcher would have, when the run's options are known
+            runtime = handle.runtime if isinstance(handle.runtime, CloudRunRuntime) else None
+            delete = runtime is not None and not runtime.keep_job
+            state = ExecutionState(await self._clients(handle), delete_job=delete, timeout=_timeout(handle))
             watched = self._engine.track(Watched(handle, state))
         return await self._engine.wait(watched)
 
