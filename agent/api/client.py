@@ -203,7 +203,7 @@ class PrefectClient:
         """Merge labels into the run's. Values must be scalar strings: on 3.8.8 a null, list
         or object value makes every later read of the run answer 500."""
         body = {key: str(value) for key, value in labels.items()}
-        await self.request("PATCH", f"/flow_runs/{run_id}/labels", json=body, persistent=True)
+        await self.request("PATCH", f"/flow_runs/{run_id}/labels", json=body)
 
     async def set_state(
         self,

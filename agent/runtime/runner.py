@@ -26,12 +26,15 @@ from agent.infra import InfraError
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics, outcome_label
 from agent.outcome import Outcome
+from agent.retry import retry_scope
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.jobs import JobBuilder
 from agent.runtime.ownership import Owner
 
 __all__ = ["Runner"]
+
+_LABEL_BUDGET = 5.0  # seconds the owner's labels may hold back the pid report
 
 
 class KillReason(StrEnum):
@@ -200,8 +203,11 @@ class Runner:
         if self._owner is None:
             return
         try:
-            await self._api.set_flow_run_labels(run_id, self._owner.labels(pool))
-        except ApiError as exc:  # e.g. deleted meanwhile: the run's own report will say so
+            # Bounded: the pid report waits for this, and the claim's message already names
+            # the owner of a PENDING run; labels only matter once the engine runs it.
+            with retry_scope(budget=_LABEL_BUDGET, maximum=1.0):
+                await self._api.set_flow_run_labels(run_id, self._owner.labels(pool))
+        except ApiError as exc:  # transient for too long, or deleted meanwhile
             get_logger("agent.runtime.runner", flow_run_id=run_id).warning(
                 "could not label the run with its owner", error=str(exc)
             )
