@@ -190,6 +190,22 @@ async def _arun(
         return await _trigger(client, request, parent=parent, on_update=on_update)
 
 
+async def _parent_link(
+    client: PrefectClient, parent: ParentLink, ref: str, deployment: Deployment, request: _Request
+) -> tuple[str, PlaceholderSync]:
+    """The calling flow run's placeholder task run for this child, as Prefect makes it."""
+    if "/" in ref:
+        deployment_name = ref
+    else:
+        flow = await read_flow(client, deployment.flow_id)
+        deployment_name = f"{flow.name}/{deployment.name}"
+    params = dict(request.parameters or {})
+    task_run_id = await _link_to_parent(
+        client, parent, deployment, deployment_name, params, request.idempotency_key
+    )
+    return task_run_id, PlaceholderSync(client, task_run_id)
+
+
 async def _trigger(
     client: PrefectClient,
     request: _Request,
@@ -198,48 +214,31 @@ async def _trigger(
     on_update: OnUpdate | None,
 ) -> RunInfo:
     ref = str(request.name)
-    params = dict(request.parameters or {})
-    idempotency_key = request.idempotency_key
     deployment = await find_deployment(client, ref)
-
     placeholder: PlaceholderSync | None = None
     parent_task_run_id = None
     if parent is not None:
-        if "/" in ref:
-            deployment_name = ref
-        else:
-            flow = await read_flow(client, deployment.flow_id)
-            deployment_name = f"{flow.name}/{deployment.name}"
-        parent_task_run_id = await _link_to_parent(
-            client, parent, deployment, deployment_name, params, idempotency_key
-        )
-        placeholder = PlaceholderSync(client, parent_task_run_id)
+        parent_task_run_id, placeholder = await _parent_link(client, parent, ref, deployment, request)
 
     scheduled_time = request.scheduled_time
     run = await create_flow_run_from_deployment(
         client,
         deployment.id,
-        parameters=params,
+        parameters=dict(request.parameters or {}),
         scheduled_time=as_utc(scheduled_time) if scheduled_time is not None else datetime.now(UTC),
-        idempotency_key=idempotency_key or f"flow-agent:{uuid.uuid4()}",
+        idempotency_key=request.idempotency_key or f"flow-agent:{uuid.uuid4()}",
         parent_task_run_id=parent_task_run_id,
         name=request.flow_run_name or None,
         tags=request.tags,
         job_variables=request.job_variables,
         work_queue_name=request.work_queue_name or None,
     )
-    log.info(
-        "flow run created",
-        flow_run_id=run.id,
-        flow_run_name=run.name,
-        deployment=ref,
-        parent_task_run_id=parent_task_run_id,
-    )
+    log.info("flow run created", flow_run_id=run.id, flow_run_name=run.name, deployment=ref,
+             parent_task_run_id=parent_task_run_id)
     if on_update is not None:
         on_update(run)
     if request.timeout == 0:
         return run
-
     result = await wait_for_flow_run(
         client,
         run.id,

@@ -56,6 +56,18 @@ def servable_pool_types(backends: Mapping[str, Backend]) -> set[str]:
     return types | {LEGACY_POOL_TYPE}
 
 
+def backend_options(settings: Settings) -> BackendOptions:
+    """What every backend gets from the agent's settings (the user's retry policy included)."""
+    return BackendOptions(
+        retry=settings.retry_policy,
+        state_dir=settings.state_dir,
+        watch_interval=settings.watch_interval,
+        gcp_endpoint=settings.gcp_endpoint,
+        azure_arm_endpoint=settings.azure_arm_endpoint,
+        kubeconfig=settings.kubeconfig,
+    )
+
+
 class Agent:
     """All the parts of one running agent, wired from one Settings object."""
 
@@ -73,16 +85,7 @@ class Agent:
         self.api = api
         self.metrics = metrics
         self.notifier = notifier
-        self.backends: Backends = load_backends(
-            BackendOptions(
-                retry=settings.retry_policy,
-                state_dir=settings.state_dir,
-                watch_interval=settings.watch_interval,
-                gcp_endpoint=settings.gcp_endpoint,
-                azure_arm_endpoint=settings.azure_arm_endpoint,
-                kubeconfig=settings.kubeconfig,
-            )
-        )
+        self.backends: Backends = load_backends(backend_options(settings))
         self.pools = Pools(
             api,
             settings.pools,
@@ -90,19 +93,27 @@ class Agent:
             supported_types=servable_pool_types(self.backends),
         )
         self.slots = Slots(settings.limit)
-        self.jobs = jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
+        self.jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
         self.audit = StartAudit(
             api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
         )
         self.owner = Owner.me(settings.name)
+        self.stop = anyio.Event()
+        self.force = anyio.Event()
+        self._build_loops()
+        self._build_observers()
+        metrics.set_free_slots(self.slots.free)
+
+    def _build_loops(self) -> None:
+        settings, api = self.settings, self.api
         self.runner = Runner(
             api,
             self.backends,
-            jobs,
+            self.jobs,
             DeploymentCache(api),
             self.audit,
             kill_grace=settings.kill_grace,
-            metrics=metrics,
+            metrics=self.metrics,
             redact=REDACTOR.mask,
             owner=self.owner,
         )
@@ -115,14 +126,14 @@ class Agent:
             interval=settings.poll_interval,
             prefetch=settings.prefetch_seconds,
             claim_concurrency=settings.claim_concurrency,
-            metrics=metrics,
+            metrics=self.metrics,
             claim_message=self.owner.claim_message(),
         )
         self.reconciler = Reconciler(
             api,
             self.pools,
             self.backends,
-            jobs,
+            self.jobs,
             self.runner,
             self.slots,
             self.owner,
@@ -137,6 +148,10 @@ class Agent:
             heartbeat_interval=settings.heartbeat_interval,
             cancel_interval=settings.cancel_check_interval,
         )
+
+    def _build_observers(self) -> None:
+        settings = self.settings
+        assert settings.api_url is not None
         self.events = EventStream(
             settings.api_url,
             token=settings.auth_token(),
@@ -144,17 +159,14 @@ class Agent:
             on_scheduled=self.poller.wake,
             on_cancelling=self.watchdog.wake,
         )
-        self.stop = anyio.Event()
-        self.force = anyio.Event()
         self.health = HealthState(
             poll_interval=settings.poll_interval,
             last_poll=lambda: self.poller.last_poll,
             reached=lambda: self.poller.last_poll is not None or self.watchdog.last_heartbeat is not None,
-            metrics=metrics,
+            metrics=self.metrics,
             # a full agent does not poll and a draining one stops: neither is a hung loop
             paused=self._paused,
         )
-        metrics.set_free_slots(self.slots.free)
 
     def _paused(self) -> str | None:
         if self.stop.is_set():
