@@ -187,8 +187,9 @@ def test_sigkill_and_restart_settles_every_run(
 
 
 def test_another_agent_takes_over_a_dead_ones_runs(
-    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+    any_api: PrefectAPI, pool: str, any_start_agent, tmp_path: Path
 ) -> None:
+    api, start_agent = any_api, any_start_agent
     deployment, markers, launched, labels = _launch_and_kill(api, pool, start_agent, tmp_path, 6)
     survivor = start_agent(pool, "--name", f"{pool}-b", env=FAST)
     later = _runs(api, deployment, 4, 1, markers)

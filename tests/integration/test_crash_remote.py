@@ -30,9 +30,10 @@ FAST = {"FLOW_AGENT_RECONCILE_INTERVAL": "1", "FLOW_AGENT_WATCH_INTERVAL": "0.2"
 
 
 @pytest.fixture
-def no_pid_reports(prefect_server: PrefectServer) -> Iterator[FaultProxy]:
-    """Forwards everything but the pid report (`PATCH /flow_runs/{id}`), answered 503."""
-    with FaultProxy(prefect_server.api_url, fail_ratio=0.0) as proxy:
+def no_pid_reports(any_server: PrefectServer) -> Iterator[FaultProxy]:
+    """Forwards everything but the pid report (`PATCH /flow_runs/{id}`), answered 503; on
+    SQLite and on PostgreSQL (every test that takes it runs on both)."""
+    with FaultProxy(any_server.api_url, fail_ratio=0.0) as proxy:
         proxy.fail_route(r"^PATCH /api/flow_runs/\{id\}$")
         yield proxy
 
@@ -56,8 +57,9 @@ def _die_after_launch(start_agent, pool: str, env: dict[str, str], proxy: FaultP
 
 
 def test_ecs_task_created_before_the_agent_died_is_found_and_adopted(
-    api: PrefectAPI, pool: str, start_agent, no_pid_reports: FaultProxy
+    any_api: PrefectAPI, pool: str, any_start_agent, no_pid_reports: FaultProxy
 ) -> None:
+    api, start_agent = any_api, any_start_agent
     moto: MotoEcs = moto_ecs()
     moto.reset()
     env = {**moto.env, **FAST}
@@ -93,8 +95,14 @@ def k8s() -> Iterator[KubernetesFake]:
 
 
 def test_kubernetes_job_created_before_the_agent_died_is_found_and_adopted(
-    api: PrefectAPI, pool: str, start_agent, no_pid_reports: FaultProxy, k8s: KubernetesFake, tmp_path: Path
+    any_api: PrefectAPI,
+    pool: str,
+    any_start_agent,
+    no_pid_reports: FaultProxy,
+    k8s: KubernetesFake,
+    tmp_path: Path,
 ) -> None:
+    api, start_agent = any_api, any_start_agent
     env = {"FLOW_AGENT_KUBECONFIG": str(k8s.write_kubeconfig(tmp_path / "kubeconfig")), **FAST}
     _pool(api, pool, "kubernetes", json.loads(K8S_TEMPLATE.read_text()))
     run_id = api.create_flow_run(_deployment(api, pool, job_variables={"image": IMAGE}))["id"]
