@@ -86,6 +86,12 @@ REDACTOR = Redactor()
 SHIPPER = _Shipper()
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # sys.stderr as it is when the line is written, not when logging was configured: an
+    # embedding program (a test runner, a CLI runner) may have swapped it meanwhile.
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(
     *,
     level: str = "INFO",
@@ -116,7 +122,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     return REDACTOR
