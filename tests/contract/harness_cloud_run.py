@@ -18,18 +18,20 @@ if str(_TESTS) not in sys.path:
 
 from fakes.cloud_run_fake import CloudRunFake  # noqa: E402
 
+_START_WITHIN = 5.0  # seconds: the contract's short start deadline (stick_waiting meets it)
 _TEMPLATE = Path(__file__).resolve().parents[2] / "agent/infra/templates/cloud-run-v2.json"
 
 
 class CloudRunHarness:
     kind = "cloud-run"
     supports_start_timeout = True
+    supports_timeout = True  # Cloud Run stops a task at the job's `timeout` itself
 
     def __init__(self, tmp_path: Path) -> None:
         self.fake = CloudRunFake()
         self.fake.start()
         options = BackendOptions(watch_interval=0.05, gcp_endpoint=self.fake.url)
-        self.backend = CloudRunBackend(options, start_timeout=30)
+        self.backend = CloudRunBackend(options, start_timeout=_START_WITHIN)
         self._kind = CloudRunKind()
         self._template = json.loads(_TEMPLATE.read_text())
 
@@ -48,6 +50,17 @@ class CloudRunHarness:
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         self.fake.fail_to_start(handle.pid, reason)
+
+    async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
+        self.fake.stick_waiting(handle.pid, reason)
+
+    async def time_out(self, handle: Handle) -> None:
+        self.fake.time_out(handle.pid)
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The execution ends on its own; a cancel sent now meets Cloud Run's answer for an
+        ended execution (400 FAILED_PRECONDITION over REST)."""
+        self.fake.finish_execution(handle.pid, exit_code)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         job = handle.pid.rsplit("/executions/", 1)[0]

@@ -170,25 +170,47 @@ class CloudRunFake:
             ]
 
     def finish_execution(self, name: str, exit_code: int = 0, oom: bool = False, message: str = "") -> None:
-        """End a (started) execution: every task's last attempt exits with `exit_code`."""
+        """End a (started) execution: every task's last attempt exits with `exit_code`.
+
+        `oom`: the system terminates the container with SIGKILL: `term_signal` 9 and no
+        exit code ("at most one of exit_code or term_signal will be set"); Cloud Run's
+        "Memory limit of ... exceeded" words go to Cloud Logging, not to the API, so the
+        attempt carries them only when a test passes them as `message`."""
+        signal = 9 if oom else 0
+        self._end_tasks(name, exit_code=0 if oom else exit_code, signal=signal, message=message)
+
+    def time_out(self, name: str) -> None:
+        """The task is stopped at the job's timeout: the attempt's status and the condition say
+        "The configured timeout was reached." and, stopped by the system, it has a signal."""
+        task = f"{name.rsplit('/', 1)[-1]}-task0"
+        words = "The configured timeout was reached."
+        self._end_tasks(
+            name, exit_code=0, signal=9, message=words, said=f"Task {task} failed with message: {words}"
+        )
+
+    def _end_tasks(self, name: str, *, exit_code: int, signal: int, message: str, said: str = "") -> None:
         with self._lock:
             self.start_execution(name)
             ex = self.executions[name]
-            failed = exit_code != 0 or oom
-            if oom:
-                exit_code = exit_code or 137
-                message = message or (
-                    "Memory limit of 512 MiB exceeded with 530 MiB used. Consider increasing the "
-                    "memory limit, see https://cloud.google.com/run/docs/configuring/memory-limits"
-                )
+            failed = exit_code != 0 or signal != 0
             for task in self.tasks[name]:
                 task.start_time = ex.start_time
                 task.completion_time = _now()
                 status = {"code": 2 if failed else 0, "message": message}
                 task.last_attempt_result = run_v2.TaskAttemptResult(
-                    exit_code=exit_code, term_signal=9 if oom else 0, status=status
+                    exit_code=exit_code, term_signal=signal, status=status
                 )
-            self._complete(ex, failed, message or f"Task {name.rsplit('/', 1)[-1]}-task0 failed.")
+            self._complete(ex, failed, said or message or f"Task {name.rsplit('/', 1)[-1]}-task0 failed.")
+
+    def stick_waiting(self, name: str, reason: str) -> None:
+        """The execution waits for resources and never starts (its conditions stay pending)."""
+        with self._lock:
+            ex = self.executions[name]
+            ex.conditions = [
+                _cond("ResourcesAvailable", _PENDING, reason),
+                _cond("Started", _PENDING),
+                _cond("Completed", _PENDING),
+            ]
 
     def fail_to_start(self, name: str, message: str) -> None:
         """The execution never runs (image pull error, quota): it ends failed, never started."""

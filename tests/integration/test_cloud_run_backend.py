@@ -22,6 +22,7 @@ from agent.backends.cloud_run import CloudRunBackend
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.merge import resolve_job_configuration
 from agent.infra.spec import RunContext
+from agent.outcome import Reason
 
 pytestmark = pytest.mark.integration
 
@@ -283,6 +284,108 @@ def test_find_says_when_it_cannot_tell(fake: CloudRunFake) -> None:
             fake.inject("get_job", 403)  # permission denied is not "no workload"
             with pytest.raises(BackendError, match="Cloud Run jobs.get"):
                 await backend.find(_job("forbidden"))
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+# -- the service's answers as documented: timeout, a cancel racing the end, failed creation ----
+
+
+def test_a_timeout_with_a_kill_signal_is_a_timeout_not_an_oom(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            handle = await backend.launch(_job("sigkilled-at-timeout"))
+            fake.time_out(handle.pid)  # term_signal 9 and "The configured timeout was reached."
+            with anyio.fail_after(20):
+                outcome = await backend.wait(handle)
+            assert not outcome.oom and outcome.reason is not Reason.OOM, outcome
+            assert "timeout of 600 s" in outcome.message() and "signal 9" in outcome.message()
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+def test_an_oom_has_a_signal_and_no_exit_code_and_points_at_the_logs(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            handle = await backend.launch(_job("memory-killed"))
+            fake.finish_execution(handle.pid, oom=True)
+            attempt = fake.tasks[handle.pid][0].last_attempt_result
+            assert attempt.term_signal == 9 and attempt.exit_code == 0  # at most one of them
+            with anyio.fail_after(20):
+                outcome = await backend.wait(handle)
+            assert outcome.reason is Reason.OOM and "console.cloud.google.com/logs" in outcome.detail
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+def test_a_cancel_that_races_the_end_reports_the_real_end(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            for exit_code in (0, 1):
+                handle = await backend.launch(_job(f"raced-{exit_code}"))
+                fake.finish_execution(handle.pid, exit_code)
+                before = len(fake.calls)
+                await backend.kill(handle, 1.0)  # REST: 400 FAILED_PRECONDITION, as BadRequest
+                assert "cancel_execution" in fake.calls[before:]
+                with anyio.fail_after(20):
+                    outcome = await backend.wait(handle)
+                assert outcome.reason is Reason.EXITED and outcome.exit_code == exit_code, outcome
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+def test_a_stuck_execution_meets_its_start_deadline_with_the_reason_and_is_cleaned_up(
+    fake: CloudRunFake,
+) -> None:
+    async def scenario() -> None:
+        options = BackendOptions(watch_interval=0.05, gcp_endpoint=fake.url)
+        backend = CloudRunBackend(options, start_timeout=0.5)
+        try:
+            handle = await backend.launch(_job("stuck"))
+            fake.stick_waiting(handle.pid, "Quota exceeded for total allowable CPU per project per region.")
+            with anyio.fail_after(20):
+                outcome = await backend.wait(handle)
+            assert outcome.reason is Reason.START_FAILED and "Quota exceeded" in outcome.message()
+            _job_gone(fake, handle.pid)
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+
+
+def test_a_job_whose_creation_failed_is_deleted_but_never_another_runs(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake)
+        try:
+            job = _job("creation-failed")
+            name = f"{PARENT}/jobs/{job.payload['job_id']}"
+            fake.inject("create_job", 400, after=True)  # created, then the call fails
+            with pytest.raises(BackendError):
+                await backend.launch(job)
+            assert name not in fake.list_jobs()
+
+            theirs = await backend.launch(_job("owner"))
+            impostor = _job("impostor-2")
+            payload = {**impostor.payload, "job_id": _job("owner").payload["job_id"]}
+            with pytest.raises(BackendError, match="belongs to another flow run"):
+                await backend.launch(
+                    Job("impostor-2-1111", "impostor-2", "cloud-run", payload, impostor.runtime)
+                )
+            assert theirs.pid.rsplit("/executions/", 1)[0] in fake.list_jobs()
+            await backend.kill(theirs, 1.0)
+            with anyio.fail_after(20):
+                await backend.wait(theirs)
         finally:
             await backend.aclose()
 

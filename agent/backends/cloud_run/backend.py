@@ -41,7 +41,7 @@ from agent.backends.cloud_run.client import ClientCache, Clients
 from agent.backends.cloud_run.spec import job_spec
 from agent.backends.cloud_run.status import outcome_of
 from agent.backends.cloud_run.steps import CloudRunSteps
-from agent.backends.cloud_run.watch import Executions, ExecutionState, delete_job
+from agent.backends.cloud_run.watch import Executions, ExecutionState
 from agent.backends.engine import Watched, WatchEngine
 from agent.infra.cloud_run import CloudRunRuntime
 from agent.observe.logging import get_logger
@@ -73,13 +73,16 @@ class CloudRunBackend:
         spec = job_spec(job.payload)
         runtime = job.runtime
         clients = await self._steps.clients(runtime.credentials)
-        created = await self._steps.create_job(clients, spec)
         try:
+            created = await self._steps.create_job(clients, spec)
             execution = await self._steps.run_once(clients, spec.name, look_first=not created)
         except BaseException:
-            if not runtime.keep_job:  # a job whose execution never started is left behind by nobody
+            # a job created for an execution that never started (or whose creation failed half
+            # way: the create LRO failed or timed out) is left behind by nobody; another run's
+            # job of the same name is never touched
+            if not runtime.keep_job:
                 with anyio.CancelScope(shield=True):
-                    await delete_job(self._steps, clients, spec.name)
+                    await self._steps.delete_own_job(clients, spec)
             raise
         handle = Handle(self.kind, execution, job.flow_run_id, runtime)
         deadline = self._start_timeout if self._start_timeout is not None else runtime.timeout

@@ -22,11 +22,12 @@ from typing import Any, Final
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
-from agent.backends.base import BackendUnavailable, InfrastructureNotFound, LaunchError
+from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
 from agent.backends.cloud_run.client import ClientCache, Clients, classify
 from agent.backends.cloud_run.spec import JobSpec
-from agent.backends.cloud_run.status import has_time
+from agent.backends.cloud_run.status import ended, has_time
 from agent.backends.sdk import SdkCalls
+from agent.observe.logging import get_logger
 from agent.retry import RetryPolicy
 
 __all__ = ["CloudRunSteps", "Status"]
@@ -35,8 +36,9 @@ _QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
 _NAME: Final = re.compile(r"[\w.\[\]]+")
 _CREATE_WAIT: Final = 120.0  # seconds for the create LRO (the job becoming Ready)
 _DELETE_WAIT: Final = 60.0
+log = get_logger("agent.backends.cloud_run")
 
-# One read of an execution: the execution, and its tasks once it has completed (else None).
+# One read of an execution: the execution, and its tasks once it has ended (else None).
 Status = tuple[Any, Sequence[Any] | None]
 
 
@@ -133,13 +135,14 @@ class CloudRunSteps:
     # -- watch, kill, clean up ------------------------------------------------------------------
 
     async def read(self, clients: Clients, name: str, *, retry: bool) -> Status:
-        """The execution, and its tasks (exit codes, signals) once it has completed."""
+        """The execution, and its tasks (exit codes, signals) once it has ended (its Completed
+        condition is terminal: `completion_time` is not ordered with the rest)."""
 
         async def attempt() -> Status:
             execution = await self.calls.once(
                 lambda: clients.executions.get_execution(name=name), "executions.get"
             )
-            if not has_time(execution, "completion_time"):
+            if not ended(execution):
                 return execution, None
             tasks = await self.calls.once(lambda: list(clients.tasks.list_tasks(parent=name)), "tasks.list")
             return execution, tasks
@@ -149,11 +152,17 @@ class CloudRunSteps:
         return await self.calls.retry.call(attempt, retry_on=(BackendUnavailable,))
 
     async def cancel(self, clients: Clients, name: str, *, retry: bool = True) -> None:
-        """Cancel an execution; already ended or gone is fine (kill is idempotent)."""
+        """Cancel an execution; already ended or gone is fine (kill is idempotent). Whether it
+        was cancelled is read from the execution afterwards, never assumed from the call."""
 
         def cancel() -> None:
-            with contextlib.suppress(gexc.FailedPrecondition):  # it completed before the cancel arrived
+            # it ended before the cancel arrived: FAILED_PRECONDITION, which the REST transport
+            # raises by its HTTP status (400) as BadRequest, the gRPC one as FailedPrecondition
+            try:
                 clients.executions.cancel_execution(name=name)
+            except (gexc.FailedPrecondition, gexc.BadRequest) as exc:
+                if not _already_ended(exc):
+                    raise
 
         with contextlib.suppress(InfrastructureNotFound):
             if retry:
@@ -161,12 +170,39 @@ class CloudRunSteps:
             else:
                 await self.calls.once(cancel, "executions.cancel")
 
+    async def delete_own_job(self, clients: Clients, spec: JobSpec) -> None:
+        """After a failed launch: delete the run's job if it exists and is this run's (its
+        flow-run label); a failure is logged by the caller's cleanup, never raised over the
+        launch's own error."""
+        try:
+            job = await self.calls(lambda: clients.jobs.get_job(name=spec.name), "jobs.get")
+            if spec.owns(job.labels):
+                await self.delete_job(clients, spec.name)
+        except InfrastructureNotFound:
+            return
+        except BackendError as exc:
+            log.warning(
+                "could not delete the Cloud Run job of a failed launch", job=spec.name, error=str(exc)
+            )
+
     async def delete_job(self, clients: Clients, job_name: str) -> None:
         """Delete the job and, with it, its executions; already gone is fine."""
         with contextlib.suppress(InfrastructureNotFound):
             await self.calls(
                 lambda: clients.jobs.delete_job(name=job_name).result(timeout=_DELETE_WAIT), "jobs.delete"
             )
+
+
+def _already_ended(exc: gexc.GoogleAPICallError) -> bool:
+    """A refused cancel because the execution already ended: FAILED_PRECONDITION, by its
+    gRPC class or (REST) by the `status` of the 400's error body."""
+    if isinstance(exc, gexc.FailedPrecondition):
+        return True
+    try:
+        status = exc.response.json()["error"]["status"]  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - no readable body: not evidence of an ended execution
+        return False
+    return status == "FAILED_PRECONDITION"
 
 
 def _job(spec: JobSpec) -> run_v2.Job:

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.cloud_run.client import Clients
-from agent.backends.cloud_run.status import condition_message, outcome_of, started
+from agent.backends.cloud_run.status import outcome_of, started, waiting_message
 from agent.backends.cloud_run.steps import CloudRunSteps, Status
 from agent.backends.engine import Watched
 from agent.observe.logging import get_logger
@@ -68,17 +68,17 @@ class Executions:
             return Outcome(Reason.LOST, detail=f"Cloud Run execution {watched.pid} was deleted")
         execution, tasks = status
         watched.state.last = execution
-        if tasks is not None:
-            return outcome_of(execution, tasks, killed=watched.state.killed, timeout=watched.state.timeout)
         if started(execution):
             watched.started = True
-        return None
+        if tasks is None:
+            return None
+        return outcome_of(execution, tasks, killed=watched.state.killed, timeout=watched.state.timeout)
 
     async def overdue(self, watched: Watched[ExecutionState], which: str) -> Outcome | None:
         # only a start deadline is set: Cloud Run enforces the job's own timeout itself
         await self._steps.cancel(watched.state.clients, watched.pid, retry=False)
         last = watched.state.last
-        waiting = (condition_message(last) if last is not None else "") or "still waiting for resources"
+        waiting = (waiting_message(last) if last is not None else "") or "still waiting for resources"
         return Outcome(
             Reason.START_FAILED,
             detail=f"start timeout: the Cloud Run execution did not start within {watched.start_within:g} s "
