@@ -17,6 +17,7 @@ from agent.infra.spec import RunContext
 class EcsHarness:
     kind = "ecs"
     supports_start_timeout = True
+    supports_timeout = False  # ECS has no task timeout: a task runs until it exits or is stopped
 
     def __init__(self, moto: MotoEcs) -> None:
         self.moto = moto
@@ -43,6 +44,18 @@ class EcsHarness:
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         self.moto.hold_pending(self._arn(handle), reason=reason)
+
+    async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
+        self.moto.hold_pending(self._arn(handle), reason=reason)
+
+    async def time_out(self, handle: Handle) -> None:
+        raise NotImplementedError("ECS tasks have no timeout of their own (supports_timeout is False)")
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The flow container exits on its own; a StopTask sent now finds the task STOPPED
+        and changes nothing (the moto wrapper does as ECS: the stop code stays
+        EssentialContainerExited)."""
+        self.moto.finish(self._arn(handle), exit_code=exit_code)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         arn = self._arn(handle)

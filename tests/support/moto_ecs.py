@@ -12,6 +12,13 @@ are made to behave as documented (`_as_documented`, installed with the server):
   parameters returns the original tasks, with other parameters a ConflictException (moto
   ignores the token and starts another task); `startedBy` takes up to 36 letters, digits,
   `-`, `/` and `_`; a task has its `createdAt`;
+* a task has one container per container definition (moto: only the first), with no
+  `exitCode` until it stops (moto: 0 from the start), so sidecars and "no exit code" are real;
+* StopTask gives the task `stopCode` UserInitiated and its running containers exit 143
+  (SIGTERM, `docker stop`); on a task already STOPPED it changes nothing (moto overwrote the
+  reason), so a stop that races the task's own end leaves that end readable;
+* `lose_next_run_task_answer()`: the next RunTask starts its task, then answers 500 (a
+  lost answer), so a retry with the same `clientToken` must get the same task back;
 * ListTasks lists desiredStatus RUNNING when no status is given (moto: every task),
   refuses `startedBy` with another filter, and pages at `maxResults` (default 100) with a
   `nextToken` (moto: one page).
@@ -36,7 +43,16 @@ from agent.infra import default_base_job_template, resolve_job_configuration
 from agent.infra.ecs import EcsKind
 from agent.infra.spec import RunContext
 
-__all__ = ["ACCOUNT", "OOM_REASON", "REGION", "MotoEcs", "ecs_job", "ecs_template", "moto_ecs"]
+__all__ = [
+    "ACCOUNT",
+    "OOM_REASON",
+    "REGION",
+    "MotoEcs",
+    "ecs_job",
+    "ecs_template",
+    "lose_next_run_task_answer",
+    "moto_ecs",
+]
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 
@@ -47,6 +63,12 @@ _server: Any = None
 _tokens: dict[tuple[str, str], tuple[str, list[Any]]] = {}  # (cluster, clientToken) -> (request, tasks)
 _tokens_lock = threading.Lock()
 _STARTED_BY = re.compile(r"[a-zA-Z0-9_/-]{1,36}")
+_lose_next_answer = threading.Event()
+
+
+def lose_next_run_task_answer() -> None:
+    """The next RunTask commits its task, then fails with a 500 (its answer is lost)."""
+    _lose_next_answer.set()
 
 
 def ecs_template(start_timeout: int | None = None) -> dict[str, Any]:
@@ -160,23 +182,35 @@ class MotoEcs:
         found = [td for revisions in self._backend().task_definitions.values() for td in revisions.values()]
         return [td for td in found if family is None or td.family == family]
 
-    def finish(self, arn: str, *, exit_code: int | None, reason: str | None = None) -> None:
-        """The flow container exits with `exit_code` (and a container `reason`, e.g. OOM)."""
+    def finish(
+        self,
+        arn: str,
+        *,
+        exit_code: int | None,
+        reason: str | None = None,
+        container: str | None = None,
+        others_exit: int | None = 143,
+    ) -> None:
+        """The flow container exits with `exit_code` (and a container `reason`, e.g. OOM).
+
+        `container`: the flow's container by name (default: every container exits so); the
+        others (sidecars) are then stopped by ECS after the essential one: `others_exit`."""
         task = self.task(arn)
         task.last_status = task.desired_status = "STOPPED"
         task.stop_code, task.stopped_reason = "EssentialContainerExited", "Essential container in task exited"
         task.stopping_at = task.execution_stopped_at = task.stopped_at = dt.datetime.now(dt.UTC)
-        for container in task.containers:
-            container.last_status, container.exitCode = "STOPPED", exit_code
-            if reason:
-                container.reason = reason
+        for one in task.containers:
+            ours = container is None or one.name == container
+            one.last_status, one.exitCode = "STOPPED", exit_code if ours else others_exit
+            if reason and ours:
+                one.reason = reason
 
     def hold_pending(self, arn: str, *, reason: str) -> None:
         """The task stays PENDING (an image that cannot be pulled, no capacity, ...)."""
         task = self.task(arn)
         task.last_status = "PENDING"
         for container in task.containers:
-            container.reason = reason
+            container.reason, container.last_status = reason, "PENDING"
 
     @contextlib.contextmanager
     def tasks_start_pending(self, reason: str) -> Iterator[None]:
@@ -212,6 +246,7 @@ def _as_documented() -> None:
         result = original(self)
         for task in result.result["tasks"]:
             task.created_at = dt.datetime.now(dt.UTC)
+            _every_container(self.ecs_backend, task)
         return result
 
     def idempotent_run_task(self: Any) -> Any:
@@ -232,7 +267,10 @@ def _as_documented() -> None:
                 return ActionResult({"tasks": _tokens[key][1], "failures": []})
             result = run_task(self)
             _tokens[key] = (request, list(result.result["tasks"]))
-            return result
+        if _lose_next_answer.is_set():
+            _lose_next_answer.clear()
+            raise ECSException("ServerException", "injected: the task was started, the answer is lost")
+        return result
 
     def documented_list_tasks(self: Any) -> Any:
         filters = [self._get_param(name) for name in ("containerInstance", "family", "serviceName")]
@@ -252,8 +290,47 @@ def _as_documented() -> None:
             page["nextToken"] = str(start + size)
         return ActionResult(page)
 
+    original_stop = EC2ContainerServiceResponse.stop_task
+
+    def documented_stop_task(self: Any) -> Any:
+        cluster = str(self._get_param("cluster", "default")).rsplit("/", 1)[-1]
+        wanted = str(self._get_param("task")).rsplit("/", 1)[-1]
+        for arn, task in self.ecs_backend.tasks.get(cluster, {}).items():
+            if arn.endswith(wanted) and task.last_status == "STOPPED":
+                return ActionResult({"task": task})  # already ended: nothing changes
+        result = original_stop(self)
+        task = result.result["task"]
+        task.stop_code = "UserInitiated"
+        task.stopping_at = task.execution_stopped_at = task.stopped_at = dt.datetime.now(dt.UTC)
+        for container in task.containers:
+            if container.last_status == "RUNNING":
+                container.exitCode = 143
+            container.last_status = "STOPPED"
+        return result
+
     EC2ContainerServiceResponse.run_task = idempotent_run_task  # type: ignore[method-assign]
+    EC2ContainerServiceResponse.stop_task = documented_stop_task  # type: ignore[method-assign]
     EC2ContainerServiceResponse.list_tasks = documented_list_tasks  # type: ignore[method-assign]
+
+
+def _every_container(backend: Any, task: Any) -> None:
+    """One container per definition, none with an exit code yet (moto: the first, exit 0)."""
+    from moto.ecs.models import Container
+
+    definition = backend.describe_task_definition(task.task_definition_arn)
+    reason = getattr(task.containers[0], "reason", None) if task.containers else None
+    containers = []
+    for spec in definition.container_definitions:
+        container = Container(definition)
+        container.name, container.image = spec.get("name"), spec.get("image")
+        container.memory, container.cpu = spec.get("memory"), spec.get("cpu", 0)
+        container.environment, container.command = spec.get("environment"), spec.get("command")
+        container.exitCode = None
+        container.last_status = "RUNNING" if task.last_status == "RUNNING" else "PENDING"
+        if reason:
+            container.reason = reason
+        containers.append(container)
+    task.containers = containers
 
 
 def moto_ecs() -> MotoEcs:

@@ -21,7 +21,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, Job, LaunchError
+from agent.backends.base import (
+    BackendOptions,
+    BackendUnavailable,
+    Handle,
+    InfrastructureNotFound,
+    Job,
+    LaunchError,
+)
 from agent.backends.ecs.aws import Aws, AwsClients, translate
 from agent.backends.ecs.lookup import find_task, run_marker
 from agent.backends.ecs.taskdefs import TaskDefinitions
@@ -94,7 +101,7 @@ class EcsBackend:
         self, aws: Aws, request: dict[str, Any], td: Mapping[str, Any] | None, deregister: bool
     ) -> dict[str, Any]:
         try:
-            answer = await self._sdk(lambda: aws.ecs.run_task(**request), "starting the ECS task")
+            answer = await self._run_until_placed(aws, request)
         except LaunchError as exc:
             # a cached revision deregistered meanwhile (by a person, or another agent's cleanup)
             if td is None or "inactive" not in str(exc).lower():
@@ -105,16 +112,35 @@ class EcsBackend:
             )
             # another request (no task was started for the first): its own token
             request["clientToken"] = uuid.uuid4().hex
-            answer = await self._sdk(lambda: aws.ecs.run_task(**request), "starting the ECS task")
+            answer = await self._run_until_placed(aws, request)
         failures = answer.get("failures") or []
         if failures:
-            first = failures[0]
-            detail = f" ({first['detail']})" if first.get("detail") else ""
-            raise LaunchError(f"ECS could not run the task: {first.get('reason')}{detail}")
+            raise LaunchError(f"ECS could not run the task: {_failure(failures[0])}")
         tasks = answer.get("tasks") or []
         if not tasks:
             raise LaunchError("ECS answered RunTask without a task or a failure")
         return dict(tasks[0])
+
+    async def _run_until_placed(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
+        """RunTask; a `failures` answer that says capacity is short for now (Fargate's
+        "Capacity is unavailable at this time") is retried with the agent's policy, each try a
+        new request with its own client token (no task was started: replaying the same token
+        could only replay the same failure). Other failures are the answer's to report."""
+
+        async def attempt() -> dict[str, Any]:
+            answer = await self._sdk(lambda: aws.ecs.run_task(**request), "starting the ECS task")
+            failures = answer.get("failures") or []
+            if failures and not answer.get("tasks") and _short_of_capacity(failures[0]):
+                request["clientToken"] = uuid.uuid4().hex
+                raise _NoCapacity(f"ECS could not place the task yet: {_failure(failures[0])} (will retry)")
+            return dict(answer)
+
+        try:
+            return await self._sdk.retry.call(attempt, retry_on=(_NoCapacity,))
+        except _NoCapacity as exc:
+            raise LaunchError(
+                f"{exc}".replace("(will retry)", "(retried until the retry budget ran out)")
+            ) from None
 
     async def _fill_subnets(self, aws: Aws, request: dict[str, Any], vpc_id: str | None) -> None:
         network = request.get("networkConfiguration")
@@ -206,6 +232,25 @@ class EcsBackend:
 
     async def aclose(self) -> None:
         await self._engine.aclose()
+
+
+class _NoCapacity(BackendUnavailable):
+    """RunTask answered a capacity failure: retried, then a LaunchError."""
+
+
+# RunTask `failures` that say capacity is short for now, per the ECS developer guide's
+# "API failure reasons" (a Fargate or Fargate Spot shortage in the AZ; placement retried later)
+_CAPACITY_REASONS: Final = ("capacity is unavailable at this time",)
+
+
+def _short_of_capacity(failure: Mapping[str, Any]) -> bool:
+    reason = str(failure.get("reason") or "").lower()
+    return any(words in reason for words in _CAPACITY_REASONS)
+
+
+def _failure(failure: Mapping[str, Any]) -> str:
+    detail = f" ({failure['detail']})" if failure.get("detail") else ""
+    return f"{failure.get('reason')}{detail}"
 
 
 def _split(pid: str) -> tuple[str, str]:

@@ -30,6 +30,7 @@ KILL_REASON: Final = "flow-agent: stopped by flow-agent (flow run cancelled or a
 START_REASON: Final = "flow-agent: the task did not reach RUNNING within"
 _MISSES_FOR_LOST: Final = 3  # a task missing from this many answers in a row is gone
 _STARTED: Final = frozenset({"RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING"})
+_RUN_ID_ENV: Final = "PREFECT__FLOW_RUN_ID"
 _UNREAD: Final = object()  # a status ECS refused to give: neither found nor missing
 
 log = get_logger("agent.backends.ecs")
@@ -48,8 +49,18 @@ class TaskState:
 
 
 def _container(task: Mapping[str, Any], name: str | None) -> Mapping[str, Any]:
+    """The flow's container among a task's (sidecars: log routers, agents, proxies): the
+    configured name, else the container whose overrides carry the run's PREFECT__FLOW_RUN_ID
+    (the launch puts the run's environment on the flow container only), else "prefect",
+    else the first. A sidecar's exit is never the run's."""
     containers = [c for c in task.get("containers") or [] if isinstance(c, dict)]
-    for wanted in (name, "prefect"):
+    overrides = (task.get("overrides") or {}).get("containerOverrides") or []
+    with_run_id = [
+        o.get("name")
+        for o in overrides
+        if any(v.get("name") == _RUN_ID_ENV for v in o.get("environment") or [])
+    ]
+    for wanted in (name, *with_run_id, "prefect"):
         for container in containers:
             if wanted and container.get("name") == wanted:
                 return container
@@ -70,11 +81,15 @@ def task_outcome(task: Mapping[str, Any], state: TaskState, *, started: bool) ->
         parts.append(state.hint)
     detail = "; ".join(p for p in parts if p)
     never_ran = not started and not task.get("startedAt")
-    if stopped.startswith(START_REASON) or stop_code == "TaskFailedToStart" or (never_ran and code is None):
+    if stopped.startswith(START_REASON):
         return Outcome(Reason.START_FAILED, detail=detail)
-    if stopped.startswith(KILL_REASON):
-        # ECS ends a stopped container with 143 or 137: a kill must not read as an OOM
+    if stopped.startswith(KILL_REASON) and stop_code != "EssentialContainerExited":
+        # before the start checks: a task killed before it started was killed, not a failed
+        # start; and ECS ends a stopped container with 143 or 137: a kill is not an OOM.
+        # EssentialContainerExited: the flow ended on its own before the kill took effect.
         return Outcome(Reason.KILLED, detail=detail)
+    if stop_code == "TaskFailedToStart" or (never_ran and code is None):
+        return Outcome(Reason.START_FAILED, detail=detail)
     if reason.startswith("OutOfMemoryError"):  # set by ECS even when the exit code is 0 or 1
         if code == 0:
             return Outcome(Reason.OOM, detail=f"{detail}; the container's exit code was 0")
