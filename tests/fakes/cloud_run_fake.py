@@ -55,6 +55,20 @@ _ROUTES: list[tuple[str, str, str]] = [
 ]
 
 
+# the google.rpc.Code an HTTP status carries (https://cloud.google.com/apis/design/errors#http_mapping)
+_CODE_OF = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
 class _ApiError(Exception):
     def __init__(self, code: int, status: str, message: str) -> None:
         super().__init__(message)
@@ -272,10 +286,12 @@ class CloudRunFake:
             fault = self._faults.pop(route, None)
             try:
                 if fault is not None and not fault.after:
-                    raise _ApiError(fault.status, "UNAVAILABLE", "injected failure")
+                    raise _ApiError(fault.status, _CODE_OF.get(fault.status, "UNKNOWN"), "injected failure")
                 text = handler(parts, query, body)
                 if fault is not None:
-                    raise _ApiError(fault.status, "UNAVAILABLE", "injected failure after commit")
+                    raise _ApiError(
+                        fault.status, _CODE_OF.get(fault.status, "UNKNOWN"), "injected failure after commit"
+                    )
                 return 200, text
             except _ApiError as exc:
                 return exc.code, self._error(exc)
