@@ -17,6 +17,9 @@ class Harness(Protocol):
     kind: str
     backend: Backend  # configured with a short start deadline and watch interval
     supports_start_timeout: bool  # False where "never starts" does not exist (process)
+    # False where the platform has no timeout of its own (ACI, a local process). A harness
+    # without the attribute or without a hook below (not written yet) skips those cases.
+    supports_timeout: bool
 
     def job(self, name: str) -> Job:
         """A launchable job, built through the backend's kind from a pool configuration."""
@@ -28,6 +31,23 @@ class Harness(Protocol):
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         """Keep the workload from ever running (image pull error, quota, ...) with `reason`."""
+        ...
+
+    async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
+        """The workload waits forever, showing what the real service shows for a waiting one
+        (ACI: Waiting with the state's startTime; Kubernetes: a Pending pod with a startTime
+        and a waiting container; Cloud Run: pending conditions) with `reason`."""
+        ...
+
+    async def time_out(self, handle: Handle) -> None:
+        """The platform's own timeout ends the workload, as the service reports it
+        (Kubernetes: activeDeadlineSeconds, DeadlineExceeded; Cloud Run: the task timeout)."""
+        ...
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The workload ends on its own with `exit_code` just before the suite's kill arrives:
+        by the time the kill is sent the platform shows the end (the kill answers as the
+        service does for an ended workload)."""
         ...
 
     async def leftovers(self, handle: Handle) -> list[str]:

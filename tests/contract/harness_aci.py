@@ -32,6 +32,7 @@ class StaticTokenCredential:
 class AciHarness:
     kind = "aci"
     supports_start_timeout = True
+    supports_timeout = False  # a container group has no run-time limit of its own
 
     def __init__(self, fake: AciFake) -> None:
         self.fake = fake
@@ -66,6 +67,17 @@ class AciHarness:
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         self.fake.stick_waiting(self._name(handle), reason)
+
+    async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
+        """Waiting, with the state's startTime, as Azure shows a container that never runs."""
+        self.fake.stick_waiting(self._name(handle), reason)
+
+    async def time_out(self, handle: Handle) -> None:
+        raise NotImplementedError("ACI has no timeout of its own")
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The container is Terminated before the kill's delete arrives."""
+        self.fake.terminate(self._name(handle), exit_code)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         name = self._name(handle)

@@ -14,6 +14,8 @@ from agent.infra.spec import RunContext
 class FakeHarness:
     kind = "fake"
     supports_start_timeout = True
+    supports_timeout = False  # the in-memory workloads have no timeout of their own
+    # no stick_waiting: the fake backend has no start deadline to meet (the case skips)
 
     def __init__(self) -> None:
         self.backend = FakeBackend(BackendOptions(watch_interval=0.1))
@@ -30,6 +32,12 @@ class FakeHarness:
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         self.backend.never_start(handle.flow_run_id, reason=reason)
+
+    async def time_out(self, handle: Handle) -> None:
+        raise NotImplementedError("the fake backend has no timeout of its own")
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        self.backend.release(handle.flow_run_id, exit_code=exit_code)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         return [item for item in self.backend.leftovers() if item.endswith(f" {handle.pid}")]

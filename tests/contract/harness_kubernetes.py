@@ -18,6 +18,7 @@ START_DEADLINE = 2  # seconds: pod_watch_timeout_seconds for every contract job
 class KubernetesHarness:
     kind = "kubernetes"
     supports_start_timeout = True
+    supports_timeout = True  # the Job's activeDeadlineSeconds
 
     def __init__(self, tmp_path: Path) -> None:
         self.fake = KubernetesFake().start()
@@ -53,6 +54,21 @@ class KubernetesHarness:
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         _, job = self._where(handle)
         self.fake.waiting(job, reason="ErrImagePull", message=reason)
+
+    async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
+        """A scheduled pod (with its startTime) whose container waits in ImagePullBackOff."""
+        _, job = self._where(handle)
+        why, _, message = reason.partition(": ")
+        self.fake.waiting(job, reason=why if message else "ImagePullBackOff", message=message or reason)
+
+    async def time_out(self, handle: Handle) -> None:
+        _, job = self._where(handle)
+        self.fake.set_pod_phase(job, "Running")
+        self.fake.deadline_exceeded(job)
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The pod ends and the job controller marks the job before the kill's delete."""
+        await self.finish(handle, exit_code=exit_code)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         return self.fake.leftovers(*self._where(handle))

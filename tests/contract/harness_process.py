@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import anyio
 import psutil
 
 from agent.backends.base import BackendOptions, Handle, Job
@@ -17,6 +18,7 @@ from agent.infra.spec import RunContext
 class ProcessHarness:
     kind = "process"
     supports_start_timeout = False
+    supports_timeout = False  # a local process has no timeout of its own
 
     def __init__(self, tmp_path: Path) -> None:
         self.backend = ProcessBackend(BackendOptions(state_dir=tmp_path / "state"), hostname="contract-host")
@@ -43,6 +45,17 @@ class ProcessHarness:
 
     async def never_start(self, handle: Handle, *, reason: str) -> None:
         raise NotImplementedError("a local process cannot fail to start after launch")
+
+    async def time_out(self, handle: Handle) -> None:
+        raise NotImplementedError("a local process has no timeout of its own")
+
+    async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
+        """The process exits on its own; the kill arrives once it has (a zombie or gone)."""
+        self._verdict(handle.flow_run_id).write_text(str(exit_code))
+        pid = int(handle.pid.rsplit(":", 1)[1])
+        with anyio.fail_after(10):
+            while await self.leftovers(handle) and psutil.pid_exists(pid):
+                await anyio.sleep(0.02)
 
     async def leftovers(self, handle: Handle) -> list[str]:
         pid = int(handle.pid.rsplit(":", 1)[1])

@@ -1,4 +1,5 @@
-"""One contract, every backend: launch, success, failure exit, OOM, start timeout, kill.
+"""One contract, every backend: launch, success, failure exit, OOM, start timeout, kill,
+a workload stuck waiting, the platform's own timeout, a cancel racing the workload's end.
 
 Each backend's harness drives its platform double (real processes, moto, the fakes in
 tests/fakes); the assertions are the same for all, so a backend that passes here reports
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -139,4 +141,50 @@ async def test_kill_stops_the_workload_and_is_idempotent(harness) -> None:  # ty
     outcome = await _wait(harness, handle)
     assert not outcome.succeeded
     await harness.backend.kill(handle, 1.0)  # again: no error
+    assert await harness.leftovers(handle) == []
+
+
+def _hook(harness, name: str, flag: str | None = None):  # type: ignore[no-untyped-def]
+    """A harness's optional hook, or a skip: a harness not yet written for a case (another
+    backend's hooks land on their own) or a platform without the behaviour (`flag` False)."""
+    hook = getattr(harness, name, None)
+    if hook is None:
+        pytest.skip(f"the {harness.kind} harness has no {name} yet")
+    if flag is not None and not getattr(harness, flag, False):
+        pytest.skip(f"{harness.kind}: {flag} is False")
+    return hook
+
+
+async def test_stuck_waiting_hits_the_start_deadline_and_is_cleaned_up(harness) -> None:  # type: ignore[no-untyped-def]
+    stick_waiting = _hook(harness, "stick_waiting", "supports_start_timeout")
+    handle = await _launch(harness, "run-stuck-waiting")
+    await stick_waiting(handle, reason="ImagePullBackOff: Back-off pulling image")
+    outcome = await _wait(harness, handle)
+    assert outcome.reason is Reason.START_FAILED, outcome
+    assert "Back-off pulling image" in outcome.message()
+    assert await harness.leftovers(handle) == []
+
+
+async def test_a_timeout_is_reported_as_a_timeout_never_as_oom(harness) -> None:  # type: ignore[no-untyped-def]
+    time_out = _hook(harness, "time_out", "supports_timeout")
+    handle = await _launch(harness, "run-timed-out")
+    await time_out(handle)
+    outcome = await _wait(harness, handle)
+    assert not outcome.succeeded and not outcome.oom, outcome
+    assert outcome.reason is not Reason.OOM
+    assert re.search(r"\btime(d)?\s?out", outcome.message(), re.IGNORECASE), outcome.message()
+    assert "OOM" not in outcome.message()
+    assert await harness.leftovers(handle) == []
+
+
+async def test_a_cancel_racing_the_end_reports_the_real_end(harness) -> None:  # type: ignore[no-untyped-def]
+    finish_racing_cancel = _hook(harness, "finish_racing_cancel")
+    if getattr(harness, "supports_racing_cancel", True) is False:
+        pytest.skip(f"{harness.kind}: supports_racing_cancel is False")
+    handle = await _launch(harness, "run-racing-cancel")
+    await finish_racing_cancel(handle, exit_code=1)
+    await harness.backend.kill(handle, 1.0)  # arrives after the end: no error
+    outcome = await _wait(harness, handle)
+    assert outcome.reason is not Reason.KILLED, outcome
+    assert outcome.exit_code == 1 and not outcome.succeeded, outcome
     assert await harness.leftovers(handle) == []

@@ -149,7 +149,8 @@ class AciFake:
         with self.lock:
             group = self._find(name)
             group.provisioning = "Failed"
-            group.state = {"state": "Waiting", "detailStatus": "Failed"}
+            # as Azure's ContainerGroupsGet_Failed example: Waiting, with the state's startTime
+            group.state = {"state": "Waiting", "startTime": _now(), "detailStatus": "Failed"}
             group.events.append({"count": 1, "type": "Warning", "name": "Failed", "message": message})
             error = {"code": "ContainerGroupProvisioningFailed", "message": message}
             self._finish_op(group.operation, "Failed", error)
@@ -158,7 +159,8 @@ class AciFake:
         with self.lock:
             group = self._find(name)
             group.provisioning = "Pending"
-            group.state = {"state": "Waiting", "detailStatus": reason}
+            # `startTime` is when the *state* began (ContainerState in the SDK): Waiting has one
+            group.state = {"state": "Waiting", "startTime": _now(), "detailStatus": reason}
             group.events.append({"count": 3, "type": "Warning", "name": "Failed", "message": reason})
             op = self.operations.get(group.operation)
             if op is not None:

@@ -47,6 +47,10 @@ class KubernetesFake:
         self.history: list[tuple[int, str, str, str, dict[str, Any]]] = []  # rv, resource, ns, type, obj
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.deletions: list[dict[str, Any]] = []
+        # every pod deletion: by a client (its gracePeriodSeconds) or by the garbage collector
+        # of a cascading job delete, which passes no grace period (kubernetes/kubernetes#25055)
+        self.pod_deletions: list[dict[str, Any]] = []
+        self.forbid_pod_delete = False  # a role without `delete` on pods: 403
         self._rv = 0
         self._compacted = 0
         self._generation = 0
@@ -171,6 +175,7 @@ class KubernetesFake:
                          "labels": labels, "ownerReferences": [owner], "creationTimestamp": _now()},
             "spec": copy.deepcopy(template.get("spec") or {}),
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                       "startTime": _now(),
                        "containerStatuses": [self._container({"waiting": {"reason": "ContainerCreating"}})]},
         }  # fmt: skip
         self._emit("pods", meta["namespace"], "ADDED", pod)
@@ -216,14 +221,33 @@ class KubernetesFake:
             self._emit("jobs", namespace, "MODIFIED", job)
         if policy != "Orphan":
             for pod in self.pods_of(name):
+                self.pod_deletions.append({"name": pod["metadata"]["name"], "gracePeriodSeconds": None,
+                                           "by": "garbage collector"})  # fmt: skip
                 self._emit("pods", namespace, "DELETED", copy.deepcopy(pod))
         self._emit("jobs", namespace, "DELETED", copy.deepcopy(job))
         return 200, job
 
+    def delete_pods(self, namespace: str, selector: str, grace: Any) -> list[dict[str, Any]]:
+        """DELETE on the pods collection with a label selector (deletecollection)."""
+        pods = [p for p in self._items("pods", namespace) if match_labels(p["metadata"]["labels"], selector)]
+        for pod in pods:
+            self.pod_deletions.append({"name": pod["metadata"]["name"], "gracePeriodSeconds": grace,
+                                       "by": "client"})  # fmt: skip
+            self._emit("pods", namespace, "DELETED", copy.deepcopy(pod))
+        return pods
+
     # -- hooks that drive pod status -----------------------------------------------------------------
 
     def _update_pod(self, job: str, status: dict[str, Any]) -> dict[str, Any]:
+        """A new status for the job's newest pod. The kubelet's `startTime` (set when it
+        acknowledged the pod, before any image pull) stays; an unscheduled pod has none."""
         pod = copy.deepcopy(self._pod(job))
+        scheduled = not any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False"
+            for c in status.get("conditions") or ()
+        )
+        if scheduled:
+            status = {"startTime": pod["status"].get("startTime") or _now(), **status}
         pod["status"] = status
         self._emit("pods", pod["metadata"]["namespace"], "MODIFIED", pod)
         return pod
@@ -262,6 +286,45 @@ class KubernetesFake:
                   "containerStatuses": [self._container(state)]}  # fmt: skip
         self._update_pod(job, status)
         self._pod_ended(job, "Failed")
+
+    def disrupt(self, job: str, reason: str, message: str, *, pod_reason: str | None = None) -> None:
+        """Kubernetes ends the running pod itself: a `DisruptionTarget` condition (reason
+        EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager, DeletionByPodGC,
+        TerminationByKubelet), the container SIGTERMed (143), the pod Failed; node shutdown
+        also sets the pod's reason Terminated (`pod_reason`)."""
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
+                     "lastTransitionTime": _now()}  # fmt: skip
+        state = {
+            "terminated": {"exitCode": 143, "reason": "Error", "startedAt": _now(), "finishedAt": _now()}
+        }
+        status = {"phase": "Failed", "conditions": [{"type": "PodScheduled", "status": "True"}, condition],
+                  "containerStatuses": [self._container(state)]}  # fmt: skip
+        if pod_reason:
+            status.update(reason=pod_reason, message=message)
+        self._update_pod(job, status)
+        self._pod_ended(job, "Failed")
+
+    def deadline_exceeded(self, job: str) -> None:
+        """The job's activeDeadlineSeconds passed: the job controller terminates its active
+        pods (the container, sent SIGTERM then SIGKILL, ends 137; the pod goes) and marks the
+        job Failed with reason DeadlineExceeded, as the Job API documents."""
+        namespace = self._job(job)["metadata"]["namespace"]
+        state = {
+            "terminated": {"exitCode": 137, "reason": "Error", "startedAt": _now(), "finishedAt": _now()}
+        }
+        status = {
+            **self._pod(job)["status"],
+            "phase": "Failed",
+            "containerStatuses": [self._container(state)],
+        }
+        self._emit("pods", namespace, "DELETED", self._update_pod(job, status))
+        failed = copy.deepcopy(self._job(job))
+        status = failed.setdefault("status", {})
+        status.update(active=0, failed=status.get("failed", 0) + 1)
+        status["conditions"] = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                 "message": "Job was active longer than specified deadline",
+                                 "lastProbeTime": _now(), "lastTransitionTime": _now()}]  # fmt: skip
+        self._emit("jobs", namespace, "MODIFIED", failed)
 
     def quota_exceeded(
         self, job: str, message: str = "exceeded quota: compute, requested: cpu=2, limited: cpu=1"

@@ -191,6 +191,14 @@ class Handler(BaseHTTPRequestHandler):
         parts, query = self._route()
         body = self._body() or {}
         resource, namespace, name = _resource(parts)
+        if resource == "pods" and not name and self.fake.forbid_pod_delete:
+            message = f'pods is forbidden: cannot delete resource "pods" in namespace "{namespace}"'
+            return self._send(403, status_body(403, "Forbidden", message))
+        if resource == "pods" and not name:  # deletecollection: a PodList of what it deleted
+            grace = query.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
+            items = self.fake.delete_pods(namespace, query.get("labelSelector", ""), grace)
+            meta = {"resourceVersion": str(self.fake._rv)}
+            return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": items})
         if resource != "jobs" or not name:
             return self._send(405, status_body(405, "MethodNotAllowed", "not supported by the fake"))
         policy = query.get("propagationPolicy") or body.get("propagationPolicy") or "Background"

@@ -108,8 +108,8 @@ class AciBackend:
 
     async def wait(self, handle: Handle) -> Outcome:
         watched = self._engine.get(handle.pid)
-        if watched is None:  # launched elsewhere (another agent, before a restart): no start deadline
-            watched = self._engine.track(Watched(handle, self._group(handle), started=True))
+        if watched is None:  # launched elsewhere (another agent, before a restart)
+            watched = self._engine.track(self._adopted(handle))
         try:
             return await self._engine.wait(watched)
         finally:
@@ -138,6 +138,12 @@ class AciBackend:
         state = watched.state if watched is not None else self._group(handle)
         if watched is not None:
             watched.ending = True  # the watch loop leaves it alone while we delete it
+            ended = await self._ended_on_its_own(state)
+            if ended is not None:  # the container ended just before the kill: that is the truth
+                watched.ending = False
+                self._engine.end(watched, ended)  # cleaned up like any end
+                await self._engine.wait(watched)
+                return
         try:
             action = await self._platform.remove(state)
         except BackendError:
@@ -148,6 +154,19 @@ class AciBackend:
             self._engine.finish(
                 watched, Outcome(Reason.KILLED, detail=f"flow-agent {action} the container group")
             )
+
+    async def _ended_on_its_own(self, state: Group) -> Outcome | None:
+        """The container's own end when it is Terminated already; None when it is not (or
+        cannot be read now: the kill goes ahead)."""
+        ref = state.ref
+        try:
+            group = await self._sdk.once(
+                lambda: state.client.container_groups.get(ref.resource_group, ref.name), "reading"
+            )
+        except BackendError:
+            return None
+        seen = observe(group)
+        return seen.outcome if seen.started else None
 
     async def find(self, job: Job[AciRuntime]) -> Handle[AciRuntime] | None:
         """The group is named after the run (the kind derives its name from the flow run id),
@@ -177,6 +196,17 @@ class AciBackend:
         await anyio.to_thread.run_sync(self._azure.close)
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _adopted(self, handle: Handle) -> Watched[Group]:
+        """A group launched elsewhere. With its run's options it gets the start deadline again,
+        counted from now: a container that waits forever (Waiting with a startTime is not
+        started) is not watched forever. Without them there is no deadline to honour."""
+        group = self._group(handle)
+        runtime = handle.runtime if isinstance(handle.runtime, AciRuntime) else None
+        if runtime is None or not runtime.start_timeout_seconds:
+            return Watched(handle, group, started=True)
+        group.start_timeout = runtime.start_timeout_seconds
+        return Watched(handle, group, start_within=runtime.start_timeout_seconds)
 
     def _group(self, handle: Handle) -> Group:
         """A group this backend did not launch: the run's own credentials and cleanup flag when

@@ -4,6 +4,12 @@ ACI reports the container's `current_state` (`Waiting` / `Running` / `Terminated
 `exit_code` and `detail_status`) and recent `events`. There is no documented OOM reason:
 exit 137 (SIGKILL) is the memory kill, and a `detail_status` that names it
 ("OOMKilled") counts as well.
+
+Only the state says the container ran: `start_time` is the time the *current state*
+started (the SDK's `ContainerState` docstring), and Azure's own example
+ContainerGroups_Get_Container_Groups_Get_Failed.json shows `Waiting` with a `startTime`
+(docs/cloud-behaviour.md, "ACI"). A group whose provisioning Failed before its container
+ran did not start; one that ran ends with its container's Terminated state.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ def observe(group: Any) -> Observation:
     current = getattr(view, "current_state", None)
     state = str(getattr(current, "state", "") or "")
     detail = str(getattr(current, "detail_status", "") or "")
-    started = state.lower() in _STARTED or getattr(current, "start_time", None) is not None
+    started = state.lower() in _STARTED  # not start_time: a Waiting state has one too
     if state.lower() == "terminated":
         return Observation(True, _terminated(getattr(current, "exit_code", None), detail), "")
     provisioning = str(getattr(group, "provisioning_state", "") or "")

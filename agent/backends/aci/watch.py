@@ -1,8 +1,9 @@
 """What only ACI knows about watching a container group (the engine does the rest).
 
 Each watched group is read on its own (`container_groups.get`, one call per group; the
-engine runs them concurrently), after a look at the create operation's poller: when that
-operation ended Failed, Azure's message is the outcome. A group that is gone before its
+engine runs them concurrently), after a look at the create operation's poller. When that
+operation ended Failed, Azure's message is the outcome unless the container ran: then its
+Terminated state (exit code, OOM) is the end, and a running one is watched on. A group that is gone before its
 end is LOST and nothing is cleaned up; a group that misses its start deadline is
 START_FAILED with the waiting reason Azure gave. Once a run is over its group is deleted,
 unless kept; a kept group that never started is stopped, so it cannot start a run already
@@ -43,16 +44,16 @@ class Group:
     start_timeout: float = 0.0
     poller: Any = None  # the create operation's LROPoller until it is done
     waiting: str = ""  # why the container is not running yet, in Azure's words
+    failed: str | None = None  # the create operation's failure, in Azure's words
     gone: bool = False  # not found any more: nothing to delete or stop
     last_error: str = ""
 
 
 @dataclass(frozen=True)
 class Read:
-    """One read of a group: the group itself, or the create operation's failure."""
+    """One read of a group (None: not found)."""
 
     group: Any = None
-    failed: str | None = None
 
 
 class AciPlatform:
@@ -68,12 +69,13 @@ class AciPlatform:
     async def read(self, batch: Sequence[Watched[Group]]) -> Mapping[str, Read]:
         answer: dict[str, Read] = {}
         for watched in batch:
-            failure = _provisioning_failure(watched.state)
-            if failure is not None:
-                answer[watched.pid] = Read(failed=failure)
-                continue
-            with contextlib.suppress(InfrastructureNotFound):  # missing from the answer: not found
+            state = watched.state
+            state.failed = _provisioning_failure(state) or state.failed  # kept until concluded
+            try:
                 answer[watched.pid] = Read(group=await self._get(watched))
+            except InfrastructureNotFound:
+                if state.failed is not None:  # the failure says more than "not found"
+                    answer[watched.pid] = Read()
         return answer
 
     async def _get(self, watched: Watched[Group]) -> Any:
@@ -100,19 +102,20 @@ class AciPlatform:
 
     def conclude(self, watched: Watched[Group], status: Read | None) -> Outcome | None:
         state = watched.state
-        if status is None:
+        if status is None or status.group is None:
             state.gone = True
-            return Outcome(
-                Reason.LOST, detail=f"container group {state.ref.name!r} was deleted before the run finished"
-            )
-        if status.failed is not None:
-            return Outcome(
-                Reason.START_FAILED, detail=f"container group provisioning failed: {status.failed}"
-            )
+            if state.failed is None:
+                return Outcome(
+                    Reason.LOST,
+                    detail=f"container group {state.ref.name!r} was deleted before the run finished",
+                )
+            return Outcome(Reason.START_FAILED, detail=f"container group provisioning failed: {state.failed}")
         seen = observe(status.group)
         watched.started = watched.started or seen.started
         state.waiting = seen.waiting or state.waiting
-        return seen.outcome
+        if seen.outcome is not None or seen.started or state.failed is None:
+            return seen.outcome  # a container that ran ends with its own state, not the operation's
+        return Outcome(Reason.START_FAILED, detail=f"container group provisioning failed: {state.failed}")
 
     async def overdue(self, watched: Watched[Group], which: str) -> Outcome | None:
         if which != "start":  # ACI runs have no end deadline

@@ -179,8 +179,16 @@ class KubernetesBackend:
     async def kill(self, handle: Handle, grace: float) -> None:
         cluster, namespace, name = await self._locate(handle)
         watched = self._engine.get(pid_for(cluster, namespace, name))
+        if watched is not None and not watched.ending:
+            job = await self._api.read(cluster, namespace, name)
+            finished, failure = job_finished(job or {})
+            if finished:  # it ended on its own just before the kill: its end is the truth
+                self._events.finished(watched, failure)
+                await self._engine.wait(watched)
+                return
         if watched is not None:
             watched.state.killed = True
+        await self._api.delete_pods(cluster, namespace, name, grace)  # a job delete gives pods no grace
         existed = await self._api.delete(cluster, namespace, name, grace)
         if watched is not None and not existed:
             self._engine.end(watched, killed(), clean_up=False)

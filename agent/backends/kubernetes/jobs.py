@@ -34,6 +34,7 @@ __all__ = [
 JOBS: Final = "/apis/batch/v1/namespaces/{ns}/jobs"
 RUN_LABEL: Final = "prefect.io/flow-run-id"  # on every run's job and pod template (the kind sets it)
 _SUFFIX_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"  # the API server's generateName alphabet
+log = get_logger("agent.backends.kubernetes")
 
 
 @dataclass
@@ -168,6 +169,22 @@ class JobsApi:
             return ""
         last = max(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         return f"{last.get('reason')}: {last.get('message')}"[:400]
+
+    async def delete_pods(self, cluster: Cluster, namespace: str, name: str, grace: float) -> None:
+        """Delete a job's pods with the kill's grace period. The garbage collector that a
+        cascading job delete hands the pods to never passes the job's gracePeriodSeconds on
+        (kubernetes/kubernetes#25055; docs/cloud-behaviour.md): the pods would get their own
+        terminationGracePeriodSeconds instead. Pods first: a later delete can only shorten a
+        pod's grace. Best effort: a role without `delete` on pods (Prefect's chart grants
+        only get/list/watch) leaves the pods to the job delete."""
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": int(grace)}
+        query = {"labelSelector": f"job-name={name}", "gracePeriodSeconds": str(int(grace))}
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        try:
+            what = f"deleting the pods of job {name}"
+            await self.call(cluster, what, "DELETE", path, query=query, body=options, allow=(404,))
+        except BackendError as exc:
+            log.warning("could not delete the job's pods with the kill's grace period", error=str(exc))
 
     async def delete(self, cluster: Cluster, namespace: str, name: str, grace: float) -> bool:
         """Delete a job and (Foreground) its pods first; False if it was gone already."""

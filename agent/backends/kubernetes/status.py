@@ -13,6 +13,8 @@ from agent.outcome import Outcome, Reason
 
 __all__ = [
     "FATAL_WAITING",
+    "TIMEOUT_REASON",
+    "disruption",
     "job_finished",
     "job_name_of",
     "newest_pod",
@@ -28,6 +30,7 @@ __all__ = [
 FATAL_WAITING: Final = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 _PROGRESS: Final = frozenset({"ContainerCreating", "PodInitializing"})
 _DETAIL_LIMIT: Final = 400
+TIMEOUT_REASON: Final = "DeadlineExceeded"  # the Failed condition's reason at activeDeadlineSeconds
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -118,19 +121,45 @@ def newest_pod(pods: Iterable[Mapping[str, Any]], *, prefer_succeeded: bool) -> 
     return max(pods, key=key, default=None)
 
 
+def disruption(pod: Mapping[str, Any]) -> str | None:
+    """How Kubernetes itself ended a pod, in its words; None when it did not.
+
+    The kubelet's eviction sets `status.reason` Evicted; node shutdown sets reason
+    Terminated; API-initiated eviction (drain, autoscaler), preemption, taint-manager and
+    pod GC deletions leave a `DisruptionTarget` condition (docs/cloud-behaviour.md,
+    "Kubernetes"). Their containers' 137/143 are the platform's kill, not the flow's."""
+    status = pod.get("status") or {}
+    if status.get("phase") == "Succeeded":
+        return None
+    name, message = _meta(pod).get("name", "?"), status.get("message")
+    if status.get("reason") == "Evicted":
+        return f"pod {name} was evicted: {message or 'Evicted'}"
+    if status.get("reason") == "Terminated":
+        return f"pod {name} was terminated by its node (Terminated: {message or 'node shutdown'})"
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            why = condition.get("reason") or "DisruptionTarget"
+            words = f"{why}: {condition['message']}" if condition.get("message") else why
+            return f"pod {name} was disrupted by Kubernetes ({words})"
+    return None
+
+
 def outcome_from_pod(pod: Mapping[str, Any] | None, job_failure: str = "") -> Outcome:
-    """The outcome from the flow container's `terminated` state (OOMKilled = OOM), evictions
-    as such, and the job's own failure reason when no exit status exists."""
+    """The outcome from the flow container's `terminated` state (OOMKilled = OOM), the
+    platform's own disruptions and timeouts as such, and the job's failure reason always
+    named (alone when no exit status exists)."""
+    if job_failure.startswith(TIMEOUT_REASON):
+        return _timed_out(pod, job_failure)
     if pod is None:
         return Outcome(
             Reason.LOST, detail=job_failure or "the job has no pods left to read an exit status from"
         )
     status = pod.get("status") or {}
     name = _meta(pod).get("name", "?")
-    if status.get("reason") == "Evicted":
-        return Outcome(
-            Reason.LOST, detail=_clip(f"pod {name} was evicted: {status.get('message') or 'Evicted'}")
-        )
+    disrupted = disruption(pod)
+    if disrupted is not None:
+        detail = disrupted + (f"; job: {job_failure}" if job_failure else "")
+        return Outcome(Reason.LOST, detail=_clip(detail))
     for init in status.get("initContainerStatuses") or ():
         terminated = (init.get("state") or {}).get("terminated") or {}
         if terminated.get("reason") == "OOMKilled":
@@ -140,12 +169,32 @@ def outcome_from_pod(pod: Mapping[str, Any] | None, job_failure: str = "") -> Ou
     terminated = (container.get("state") or {}).get("terminated")
     if not terminated or terminated.get("exitCode") is None:
         return Outcome(Reason.LOST, detail=job_failure or f"pod {name} ended without an exit status")
+    return _terminated(name, container, terminated, job_failure)
+
+
+def _timed_out(pod: Mapping[str, Any] | None, job_failure: str) -> Outcome:
+    """The job's activeDeadlineSeconds passed: the job controller stopped its pods, so their
+    exit code (137 after SIGKILL, 143) is the stop, never the flow's own end or an OOM."""
+    detail = f"the job timed out ({job_failure})"
+    if pod is not None:
+        container = _flow_container((pod.get("status") or {}).get("containerStatuses")) or {}
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") is not None:
+            name = _meta(pod).get("name", "?")
+            detail += f"; Kubernetes stopped pod {name} (its container ended {terminated['exitCode']})"
+    return Outcome(Reason.EXITED, detail=_clip(detail))
+
+
+def _terminated(
+    name: str, container: Mapping[str, Any], terminated: Mapping[str, Any], job_failure: str
+) -> Outcome:
     code, reason = int(terminated["exitCode"]), terminated.get("reason") or ""
+    words = f"{reason}: {terminated['message']}" if terminated.get("message") else reason
+    ended = f"pod {name} terminated" + (f" ({_clip(words)})" if words else "")
     if reason == "OOMKilled":
         detail = f"OOMKilled: container {container.get('name')!r} of pod {name} exceeded its memory limit"
         return Outcome(Reason.OOM, exit_code=code, detail=detail)
     if code == 0:
         return Outcome(Reason.EXITED, exit_code=0)
-    words = f"{reason}: {terminated['message']}" if terminated.get("message") else reason
-    detail = f"pod {name} terminated" + (f" ({_clip(words)})" if words else "")
-    return Outcome(Reason.EXITED, exit_code=code, detail=detail)
+    detail = ended + (f"; job: {job_failure}" if job_failure else "")
+    return Outcome(Reason.EXITED, exit_code=code, detail=_clip(detail))
