@@ -113,9 +113,12 @@ class AciPlatform:
         seen = observe(status.group)
         watched.started = watched.started or seen.started
         state.waiting = seen.waiting or state.waiting
-        if seen.outcome is not None or seen.started or state.failed is None:
+        if seen.started or state.failed is None:
             return seen.outcome  # a container that ran ends with its own state, not the operation's
-        return Outcome(Reason.START_FAILED, detail=f"container group provisioning failed: {state.failed}")
+        why = state.failed
+        if seen.waiting and seen.waiting not in why:
+            why += f"; {seen.waiting}"
+        return Outcome(Reason.START_FAILED, detail=f"container group provisioning failed: {why}")
 
     async def overdue(self, watched: Watched[Group], which: str) -> Outcome | None:
         if which != "start":  # ACI runs have no end deadline
