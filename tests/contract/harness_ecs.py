@@ -48,9 +48,6 @@ class EcsHarness:
     async def stick_waiting(self, handle: Handle, *, reason: str) -> None:
         self.moto.hold_pending(self._arn(handle), reason=reason)
 
-    async def time_out(self, handle: Handle) -> None:
-        raise NotImplementedError("ECS tasks have no timeout of their own (supports_timeout is False)")
-
     async def finish_racing_cancel(self, handle: Handle, *, exit_code: int) -> None:
         """The flow container exits on its own; a StopTask sent now finds the task STOPPED
         and changes nothing (the moto wrapper does as ECS: the stop code stays
