@@ -26,12 +26,25 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from kubernetes.client import ApiClient
+
 from fakes.kubernetes_http import Handler, match_labels, status_body
 
 __all__ = ["KubernetesFake"]
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _CONTAINER = "prefect-job"
+
+
+_MODELS = ApiClient()  # the client's own models: what the API server keeps of a body
+
+
+def _as_stored(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A created object as the API server keeps it: fields its schema does not know are
+    dropped (Prefect's template puts `completions` in the pod spec; the server drops it and
+    warns); a missing required field is a ValueError (the server answers 422)."""
+    parsed = _MODELS.deserialize(json.dumps(body), model, "application/json")
+    return dict(_MODELS.sanitize_for_serialization(parsed))
 
 
 def _now() -> str:
@@ -143,7 +156,10 @@ class KubernetesFake:
     def create_job(self, namespace: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if namespace not in self.namespaces:
             return 404, status_body(404, "NotFound", f'namespaces "{namespace}" not found')
-        job = copy.deepcopy(body)
+        try:
+            job = _as_stored(body, "V1Job")
+        except ValueError as exc:
+            return 422, status_body(422, "Invalid", f"Job.batch is invalid: {exc}")
         meta = job.setdefault("metadata", {})
         if not meta.get("name"):
             meta["name"] = meta.pop("generateName", "job-") + "".join(

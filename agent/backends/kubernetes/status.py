@@ -193,7 +193,8 @@ def _terminated(
     ended = f"pod {name} terminated" + (f" ({_clip(words)})" if words else "")
     if reason == "OOMKilled":
         detail = f"OOMKilled: container {container.get('name')!r} of pod {name} exceeded its memory limit"
-        return Outcome(Reason.OOM, exit_code=code, detail=detail)
+        detail += f"; job: {job_failure}" if job_failure else ""
+        return Outcome(Reason.OOM, exit_code=code, detail=_clip(detail))
     if code == 0:
         return Outcome(Reason.EXITED, exit_code=0)
     detail = ended + (f"; job: {job_failure}" if job_failure else "")
