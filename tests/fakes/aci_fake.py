@@ -10,7 +10,7 @@ fake issued (or `STATIC_TOKEN`) get 401.
 
 Routes: container group PUT (201 + Azure-AsyncOperation), GET (instance view), DELETE (202 +
 Azure-AsyncOperation), POST stop, list by resource group, async operation status, resource
-group GET (for the location). Test hooks: `terminate`, `fail_provisioning`, `stick_waiting`
+group GET (for the location). Test hooks: `terminate`, `fail_provisioning`, `fail_after_running`, `stick_waiting`
 (the last two also at creation, from the container env `SCENARIO_ENV`), `list_groups` for
 cleanup checks.
 """
@@ -154,6 +154,19 @@ class AciFake:
             group.events.append({"count": 1, "type": "Warning", "name": "Failed", "message": message})
             error = {"code": "ContainerGroupProvisioningFailed", "message": message}
             self._finish_op(group.operation, "Failed", error)
+
+    def fail_after_running(self, name: str, exit_code: int, message: str, detail: str | None = None) -> None:
+        """The create operation ends Failed although the container ran and is Terminated
+        (provisioningState Failed with a Terminated container, as ContainerGroupsGet_Failed
+        shows a Failed group with its container's states)."""
+        with self.lock:
+            self.terminate(name, exit_code, detail)
+            group = self._find(name)
+            group.provisioning = "Failed"
+            error = {"code": "ContainerGroupProvisioningFailed", "message": message}
+            op = self.operations.get(group.operation)
+            if op is not None:
+                op.status, op.error, op.stuck, op.polls_left = "Failed", error, False, 0
 
     def stick_waiting(self, name: str, reason: str) -> None:
         with self.lock:

@@ -93,3 +93,12 @@ async def test_without_the_runs_options_an_adopted_group_has_no_deadline(harness
         assert waited.cancelled_caught
     finally:
         await adopter.aclose()
+
+
+async def test_a_failed_create_does_not_hide_the_containers_oom(harness: Any) -> None:
+    handle = await harness.backend.launch(harness.job("run-failed-create-oom"))
+    harness.fake.fail_after_running(handle.pid.rsplit("/", 1)[1], 137, "the operation failed", "OOMKilled")
+    with anyio.fail_after(20):
+        outcome = await harness.backend.wait(handle)
+    assert outcome.reason is Reason.OOM and outcome.exit_code == 137, outcome
+    assert await harness.leftovers(handle) == []
