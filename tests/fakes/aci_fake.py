@@ -10,9 +10,9 @@ fake issued (or `STATIC_TOKEN`) get 401.
 
 Routes: container group PUT (201 + Azure-AsyncOperation), GET (instance view), DELETE (202 +
 Azure-AsyncOperation), POST stop, list by resource group, async operation status, resource
-group GET (for the location). Test hooks: `terminate`, `fail_provisioning`, `fail_after_running`, `stick_waiting`
-(the last two also at creation, from the container env `SCENARIO_ENV`), `list_groups` for
-cleanup checks.
+group GET (for the location). Test hooks: `terminate`, `fail_after_running`,
+`fail_provisioning`, `stick_waiting` (the last two also at creation, from the container env
+`SCENARIO_ENV`), `list_groups` for cleanup checks.
 """
 
 from __future__ import annotations
