@@ -180,8 +180,7 @@ class KubernetesBackend:
         cluster, namespace, name = await self._locate(handle)
         watched = self._engine.get(pid_for(cluster, namespace, name))
         if watched is not None and not watched.ending:
-            job = await self._api.read(cluster, namespace, name)
-            finished, failure = job_finished(job or {})
+            finished, failure = await self._ended_on_its_own(cluster, namespace, name)
             if finished:  # it ended on its own just before the kill: its end is the truth
                 self._events.finished(watched, failure)
                 await self._engine.wait(watched)
@@ -192,6 +191,14 @@ class KubernetesBackend:
         existed = await self._api.delete(cluster, namespace, name, grace)
         if watched is not None and not existed:
             self._engine.end(watched, killed(), clean_up=False)
+
+    async def _ended_on_its_own(self, cluster: Cluster, namespace: str, name: str) -> tuple[bool, str]:
+        """Whether the job has a Complete or Failed condition now (and its failure reason);
+        (False, "") when it cannot be read: the kill goes ahead."""
+        try:
+            return job_finished(await self._api.read(cluster, namespace, name) or {})
+        except BackendError:
+            return False, ""
 
     async def inspect(self, handle: Handle) -> Outcome | None:
         cluster, namespace, name = await self._locate(handle)
