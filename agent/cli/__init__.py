@@ -117,6 +117,9 @@ def render(
         list[str] | None, typer.Option("--job-var", help="key=value job variable (JSON values allowed).")
     ] = None,
     as_json: Annotated[bool | None, typer.Option("--json/--summary", help="Force the output format.")] = None,
+    show_inherited: Annotated[
+        bool, typer.Option("--show-inherited", help="Name the variables inherited from this environment.")
+    ] = False,
 ) -> None:
     """Print the exact payload a run would launch with (secrets masked), launching nothing."""
     if (flow_run_id is None) == (deployment is None):
@@ -138,6 +141,7 @@ def render(
                 flow_run_id=flow_run_id,
                 deployment=deployment,
                 job_vars=variables,
+                show_inherited=show_inherited,
             )
         )
     except (RenderError, ValueError) as exc:

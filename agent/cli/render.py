@@ -61,8 +61,14 @@ async def render(
     flow_run_id: str | None = None,
     deployment: str | None = None,
     job_vars: Mapping[str, Any] | None = None,
+    show_inherited: bool = False,
 ) -> dict[str, Any]:
-    """The masked launch document for a run (or a preview run of a deployment)."""
+    """The masked launch document for a run (or a preview run of a deployment).
+
+    A local process inherits the agent's environment: those variables are counted (and
+    named with `show_inherited`), never shown with their values; the ones flow-agent adds
+    and the job's own env are shown, masked.
+    """
     assert settings.api_url is not None
     redactor = Redactor(settings.secrets())
     async with PrefectClient.from_settings(settings) as api:
@@ -71,6 +77,10 @@ async def render(
         builder = JobBuilder.from_settings(api, settings, environ=environ, on_secret=redactor.add)
         try:
             job = await builder.build(run, pool, dep)
+            payload, inherited = dict(job.payload), None
+            if isinstance(payload.get("env"), Mapping):
+                explicit = await _explicit_env(builder, run, pool, dep)
+                payload["env"], inherited = _split_env(payload["env"], environ, explicit)
         except InfraError as exc:
             raise RenderError(str(redactor.mask(str(exc)))) from None
     document = {
@@ -79,9 +89,41 @@ async def render(
         "work_pool": pool.name if pool else None,
         "kind": job.kind,
         "source": job.source,
-        "payload": job.payload,
+        "payload": payload,
     }
-    return redactor.mask(json.loads(json.dumps(document, default=str)))
+    if inherited is not None:
+        document["inherited_env"] = {"count": len(inherited)}
+        if show_inherited:
+            document["inherited_env"]["names"] = inherited
+    return masked_document(document, redactor)
+
+
+def masked_document(document: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """`document` masked as parsed values (raw secrets) and again as the JSON text a
+    caller prints (escaped forms), so neither `--json` nor `summary` shows a secret."""
+    masked: dict[str, Any] = redactor.mask(json.loads(json.dumps(document, default=str)))
+    try:
+        result: dict[str, Any] = json.loads(redactor.mask_text(json.dumps(masked)))
+    except ValueError:  # a mask cut an escape sequence: the raw values are masked already
+        return masked
+    return result
+
+
+async def _explicit_env(
+    builder: JobBuilder, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None
+) -> set[str]:
+    """Names flow-agent sets for the run and names the job's configuration sets."""
+    _kind, config, _source = await builder.configure(run, pool, deployment)
+    configured = getattr(config, "env", None) or {}
+    return set(builder.context(run, pool, deployment).env) | set(configured)
+
+
+def _split_env(
+    env: Mapping[str, Any], environ: Mapping[str, str], explicit: set[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """(env without what is inherited unchanged from the agent's environment, those names)."""
+    inherited = sorted(k for k, v in env.items() if k not in explicit and environ.get(k) == v)
+    return {k: v for k, v in env.items() if k not in inherited}, inherited
 
 
 def summary(document: Mapping[str, Any]) -> str:
@@ -95,4 +137,11 @@ def summary(document: Mapping[str, Any]) -> str:
         "payload (secrets masked):",
         json.dumps(document["payload"], indent=2, sort_keys=True),
     ]
+    inherited = document.get("inherited_env")
+    if inherited is not None:
+        lines.append(f"+ {inherited['count']} variables from the agent's environment")
+        if "names" in inherited:
+            lines += [f"  {name}" for name in inherited["names"]]
+        else:
+            lines[-1] += " (--show-inherited lists their names)"
     return "\n".join(lines)

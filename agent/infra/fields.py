@@ -5,7 +5,7 @@ them (`Command` splits a string like a shell, `EnvValue` turns numbers and boole
 strings, `StreamOutput` accepts the two JSON words a `{{ $VAR }}` renders). Their own
 errors use the pydantic error type `CUSTOM`: the message is already worded for the user,
 and `ctx["fix"]` says what to do. `json_type`, `describe` and `error_path` turn any
-pydantic error into the words of a one-line `InfraError`, never echoing a hidden value.
+pydantic error into the words of a one-line `InfraError`, never echoing a value.
 
 Nothing here imports another kind: process.py and container.py build on this module.
 """
@@ -125,12 +125,38 @@ def json_type(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+# A string this short is shown ("yes", "on"): shorter than any secret the masking
+# guarantees to hide (8 characters), and made of plain printable ASCII only, so its
+# quoted form is the value itself.
+_SHOWN_CHARS: Final = 7
+
+
+def _plain(text: str) -> bool:
+    return (
+        len(text) <= _SHOWN_CHARS and text.isascii() and text.isprintable() and not set(text) & set("\\'\"")
+    )
+
+
 def describe(value: Any, hidden: bool) -> str:
-    """`value` as an error shows it: its JSON type only if hidden, else a repr cut at 60."""
+    """`value` as an error shows it: never the value itself, only its type and size.
+
+    Numbers, booleans, null and very short plain words are shown as they are (they
+    explain the mistake and hide nothing); a field whose values are often secret shows
+    its type only.
+    """
+    kind = json_type(value)
     if hidden:
-        return f"{json_type(value)}, value hidden"
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
+        size = f" of {len(value)} characters" if isinstance(value, str) else ""
+        return f"{kind}{size}, value hidden"
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if _plain(value) else f"a string of {len(value)} characters"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    return f"a value of type {kind}"
 
 
 def error_path(loc: tuple[int | str, ...]) -> str:

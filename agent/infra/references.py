@@ -26,6 +26,7 @@ from typing import Any, Final
 from agent.api.blocks import read_block_document, read_block_document_by_name
 from agent.api.client import PrefectClient
 from agent.api.variables import read_variable
+from agent.blocks.secrets import secret_parts
 from agent.infra.templating import (
     BLOCK_PREFIX,
     PLACEHOLDER_RE,
@@ -65,7 +66,9 @@ def _at_path(data: Any, parts: list[str]) -> list[Any]:
     head, rest = parts[0], parts[1:]
     if head == "*":
         if isinstance(data, Mapping):
-            return [v for child in data.values() for v in _at_path(child, rest)]
+            # a credentials mapping: all but its identifiers (the project id stays readable)
+            children = secret_parts(data) if not rest else list(data.values())
+            return [v for child in children for v in _at_path(child, rest)]
         return [] if rest else [data]
     if isinstance(data, Mapping) and head in data:
         return _at_path(data[head], rest)

@@ -7,47 +7,92 @@ Order matters: secrets are masked first, then lines about a run that are marked
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Protocol
 
 import structlog
 
-__all__ = ["LogSink", "Redactor", "configure_logging", "get_logger", "set_log_sink"]
-
-_MASK = "********"
+__all__ = [
+    "REDACTOR",
+    "LogSink",
+    "Redactor",
+    "configure_logging",
+    "derived_forms",
+    "get_logger",
+    "set_log_sink",
+]
 
 
 class LogSink(Protocol):
     def add(self, flow_run_id: str, level: int, message: str, timestamp: str) -> None: ...
 
 
+_MASK = "********"
+# Shorter values would mask ordinary words; a secret's pieces shorter than this are left.
+_MIN_LEN = 4
+
+
+def _pieces(secret: str) -> set[str]:
+    """The secret's lines, as a process prints it line by line (split at "\\n" and wherever
+    `str.splitlines` splits), each also without its surrounding whitespace."""
+    pieces = set(secret.split("\n")) | set(secret.splitlines())
+    return pieces | {piece.strip() for piece in pieces}
+
+
+def derived_forms(secret: str) -> set[str]:
+    """Every form of `secret` the agent's own formatters can make of it: raw, stripped,
+    line by line, JSON-escaped (ASCII or not) and Python-repr-escaped."""
+    forms = {secret, secret.strip(), *_pieces(secret)}
+    for form in list(forms):
+        forms.add(json.dumps(form)[1:-1])
+        forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
+        forms.add(repr(form)[1:-1])
+    return {form for form in forms if len(form) >= _MIN_LEN}
+
+
 class Redactor:
-    """Masks known secret values wherever they appear in a log line.
+    """Masks known secret values wherever they appear, in any form the agent makes of them.
 
     Secrets are registered as they become known (API key at start, resolved block
-    secrets per run), so the mask covers values the code never meant to log.
+    secrets per run), so the mask covers values the code never meant to log. The rule
+    (ARCHITECTURE.md, "Secrets"): text is masked before it is cut, stripped or encoded,
+    and once more at every output boundary; `clip` is the one way to shorten such text.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
         for secret in secrets:
             self.add(secret)
 
     def add(self, secret: str | None) -> None:
-        # very short values would mask ordinary words; nobody's secret is 3 characters
-        if secret and len(secret) >= 4:
-            self._secrets.add(secret)
+        if not secret or len(secret) < _MIN_LEN:
+            return
+        new = derived_forms(secret) - self._forms
+        if new:
+            self._forms |= new
+            # longest first: a whole auth string before its password half, so no
+            # "user:********" shows the user
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(form) for form in ordered))
+
+    def mask_text(self, text: str) -> str:
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub(_MASK, text)
+
+    def clip(self, text: str, limit: int) -> str:
+        """`text` masked, then cut to `limit` characters: never the other way round."""
+        return self.mask_text(text)[:limit]
 
     def mask(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, _MASK)
-            return value
+            return self.mask_text(value)
         if isinstance(value, dict):
-            return {k: self.mask(v) for k, v in value.items()}
+            return {self.mask(k): self.mask(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self.mask(v) for v in value)
         if isinstance(value, BaseException):
@@ -55,7 +100,7 @@ class Redactor:
         return value
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
-        if not self._secrets:
+        if self._pattern is None:
             return event
         return {key: self.mask(value) for key, value in event.items()}
 
@@ -76,7 +121,8 @@ class _Shipper:
             extras = " ".join(
                 f"{k}={v}" for k, v in event.items() if k not in _INTERNAL_KEYS and v is not None
             )
-            message = f"{event.get('event', '')} {extras}".strip()
+            # the boundary: masked as the final text the server receives
+            message = REDACTOR.mask_text(f"{event.get('event', '')} {extras}".strip())
             level = logging.getLevelNamesMapping().get(name.upper(), logging.INFO)
             self.sink.add(str(run_id), level, message, str(event.get("timestamp", "")))
         return event
@@ -84,6 +130,17 @@ class _Shipper:
 
 REDACTOR = Redactor()
 SHIPPER = _Shipper()
+
+
+class _MaskedRenderer:
+    """The renderer, then the mask once more on the final line (the boundary)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        line = self._renderer(logger, name, event)
+        return REDACTOR.mask_text(line) if isinstance(line, str) else line
 
 
 def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
@@ -117,7 +174,7 @@ def configure_logging(
             structlog.processors.format_exc_info,
             REDACTOR,
             SHIPPER,
-            renderer,
+            _MaskedRenderer(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
+
+from agent.observe.logging import REDACTOR
 
 __all__ = ["LogShipper"]
 
@@ -24,8 +27,16 @@ class _LogApi(Protocol):
 
 
 class LogShipper:
-    def __init__(self, api: _LogApi, *, interval: float = 1.0, logger_name: str = "flow_agent") -> None:
+    def __init__(
+        self,
+        api: _LogApi,
+        *,
+        interval: float = 1.0,
+        logger_name: str = "flow_agent",
+        redact: Callable[[str], str] = REDACTOR.mask_text,
+    ) -> None:
         self._api = api
+        self._redact = redact
         self._interval = interval
         self._name = logger_name
         self._buffer: deque[dict[str, Any]] = deque(maxlen=_MAX_BUFFER)
@@ -36,7 +47,8 @@ class LogShipper:
             {
                 "name": self._name,
                 "level": level,
-                "message": message,
+                # the boundary: whoever called, the server never receives a secret
+                "message": self._redact(message),
                 "timestamp": timestamp,
                 "flow_run_id": flow_run_id,
                 "task_run_id": None,

@@ -34,7 +34,7 @@ from agent.api import ApiError, FlowRun, PrefectClient, StateType, TransientErro
 from agent.api.models import SetStateStatus, Worker
 from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.infra import InfraError
-from agent.observe.logging import get_logger
+from agent.observe.logging import REDACTOR, get_logger
 from agent.runtime.jobs import JobBuilder
 from agent.runtime.ownership import Owner, Verdict, age_seconds, judge, owner_of
 from agent.runtime.pools import Pools
@@ -234,6 +234,7 @@ class Reconciler:
         return await self._propose(run, StateType.CRASHED, message, "crashed")
 
     async def _propose(self, run: FlowRun, state: StateType, message: str, decision: str) -> int:
+        message = REDACTOR.mask_text(message)  # a reason can quote a backend's or a run's words
         result = await self._api.set_state(
             run.id, state, message=message, transition_id=decision_transition_id(run, decision)
         )
@@ -246,4 +247,4 @@ class Reconciler:
     def _leave(self, run: FlowRun, reason: str) -> None:
         if self.left_alone.get(run.id) != reason:
             log.info("leaving an unfinished run as it is", flow_run_id=run.id, reason=reason)
-        self.left_alone[run.id] = reason
+        self.left_alone[run.id] = REDACTOR.mask_text(reason)  # shown by /status

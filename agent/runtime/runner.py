@@ -23,7 +23,7 @@ from agent.api.models import SetStateStatus
 from agent.backends import extra_for
 from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.infra import InfraError
-from agent.observe.logging import get_logger
+from agent.observe.logging import REDACTOR, get_logger
 from agent.observe.metrics import Metrics, outcome_label
 from agent.outcome import Outcome
 from agent.retry import retry_scope
@@ -64,7 +64,7 @@ class Runner:
         *,
         kill_grace: float,
         metrics: Metrics,
-        redact: Callable[[str], str] = lambda text: text,
+        redact: Callable[[str], str] = REDACTOR.mask_text,
         owner: Owner | None = None,
     ) -> None:
         self._metrics = metrics

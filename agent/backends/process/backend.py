@@ -47,7 +47,7 @@ from agent.backends.process.records import (
 )
 from agent.backends.process.spawn import LINE_LIMIT, launch_message, start_supervised
 from agent.infra.process import ProcessRuntime
-from agent.observe.logging import get_logger
+from agent.observe.logging import REDACTOR, get_logger
 from agent.outcome import Outcome, Reason
 
 __all__ = ["ProcessBackend"]
@@ -193,9 +193,11 @@ class ProcessBackend:
                 raw = await stream.read(LINE_LIMIT)
             if not raw:
                 return
-            line = raw.decode(errors="replace").rstrip()
+            # masked first, then stripped and cut: a secret ending in a space or
+            # straddling the cut would otherwise no longer match (issue 13)
+            line = REDACTOR.mask_text(raw.decode(errors="replace")).rstrip()
             if line:
-                tail.append(line[:300])
+                tail.append(REDACTOR.clip(line, 300))
                 log.info(line, stream="output")
 
     # -- wait, inspect, find ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ import psutil
 
 from agent.backends.base import BackendError
 from agent.backends.process.spawn import record_path_in
+from agent.observe.logging import REDACTOR
 from agent.outcome import Outcome, Reason
 
 __all__ = ["Record", "RecordStore", "alive", "find_by_env", "identify", "recorded_outcome", "reloaded"]
@@ -233,7 +234,9 @@ def recorded_outcome(record: Record | None, pid: int, host: str) -> Outcome:
         )
     detail = f"exit status recorded by its supervisor on {host}; the agent that launched it never read it"
     if record.exit != 0 and record.tail:
-        detail += "; last output: " + " | ".join(record.tail)
+        # the supervisor keeps raw lines: masked here before they are stripped and cut
+        lines = (REDACTOR.clip(REDACTOR.mask_text(line).strip(), 300) for line in record.tail)
+        detail += "; last output: " + " | ".join(lines)
     return Outcome(Reason.EXITED, exit_code=record.exit, detail=detail)
 
 

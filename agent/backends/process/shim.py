@@ -32,7 +32,6 @@ import time
 
 _TAIL_BYTES = 4096
 _TAIL_LINES = 5
-_LINE_CHARS = 300
 _DRAIN_SECONDS = 5.0  # output still coming from grandchildren after the command exited
 _NOT_STARTED = 125
 _CORE_NAMES = ("SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGSEGV", "SIGSYS", "SIGXCPU")
@@ -163,8 +162,13 @@ def _pass_on(chunk, tail, broken):
 
 
 def _lines(tail):
-    lines = [line.strip() for line in tail.decode(errors="replace").splitlines()]
-    return [line[:_LINE_CHARS] for line in lines if line][-_TAIL_LINES:]
+    # Raw lines, neither stripped nor cut: the shim knows no secrets, so the agent masks
+    # them before it strips or cuts (issue 13). A full window starts mid-line: that
+    # partial first line (maybe the end of a secret) is dropped.
+    lines = tail.decode(errors="replace").split("\n")
+    if len(tail) >= _TAIL_BYTES:
+        lines = lines[1:]
+    return [line for line in lines if line.strip()][-_TAIL_LINES:]
 
 
 def _load(path):
