@@ -5,12 +5,24 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint checks bench clean
 
-$(BIN)/.installed: pyproject.toml
+PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The demo needs the agent and a Prefect server only; the tests need every cloud SDK too.
+# Separate stamps: `make demo` on a fresh machine never waits for the test extras.
+$(BIN)/.installed-server: pyproject.toml | $(BIN)/python
+	@echo "Installing flow-agent[server] (prefect==3.8.8) into $(VENV): first run only, about a minute"
+	$(PIP) -e '.[server]'
 	touch $@
 
-demo: $(BIN)/.installed          ## local Prefect server + agent + example flows
+$(BIN)/.installed: pyproject.toml | $(BIN)/python
+	@echo "Installing flow-agent[test] (Prefect, every cloud SDK, test tools) into $(VENV): first run only"
+	$(PIP) -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed-server   ## local Prefect server + agent + example flows
 	$(BIN)/flow-agent demo
 
 lint: $(BIN)/.installed

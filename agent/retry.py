@@ -63,6 +63,9 @@ class RetryScope:
     budget: float | None = None  # bounded calls give up sooner than the policy's budget
     persistent: bool = False  # bounded calls, too, retry until answered (or stopped)
     maximum: float | None = None  # no sleep between attempts longer than this
+    # told (attempt, error, seconds until the next try) before each retry sleep: a command
+    # line shows that it is retrying instead of waiting in silence
+    on_retry: Callable[[int, BaseException | None, float], None] | None = None
 
 
 _UNSCOPED = RetryScope()
@@ -76,12 +79,13 @@ def retry_scope(
     budget: float | None = None,
     persistent: bool = False,
     maximum: float | None = None,
+    on_retry: Callable[[int, BaseException | None, float], None] | None = None,
 ) -> Iterator[None]:
     """Narrow the retry policy for the calls this task makes inside the block; the scope
     replaces any outer one, so `retry_scope()` lifts them (a step that must finish even
     when stopping). Tasks started inside the block inherit it (their context is copied
     when they start): keep the block around the calls it is meant for."""
-    token = _SCOPE.set(RetryScope(stop, budget, persistent, maximum))
+    token = _SCOPE.set(RetryScope(stop, budget, persistent, maximum, on_retry))
     try:
         yield
     finally:
@@ -156,6 +160,8 @@ class RetryPolicy:
         def before_sleep(state: RetryCallState) -> None:
             last[0] = state.outcome.exception() if state.outcome else None
             self._before_sleep(state)
+            if scope.on_retry is not None:
+                scope.on_retry(state.attempt_number, last[0], state.upcoming_sleep)
 
         async def sleep(seconds: float) -> None:
             if scope.stop is None:

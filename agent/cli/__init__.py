@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,31 +38,75 @@ def _configure_logs(settings: Settings) -> None:
 
 
 def _run_agent(settings: Settings) -> int:
+    from agent.observe.health import HealthBindError
     from agent.observe.sdnotify import SystemdNotifier
     from agent.runtime.app import serve
 
     notifier = SystemdNotifier.from_environ(os.environ, pid=os.getpid())
-    return anyio.run(lambda: serve(settings, environ=dict(os.environ), notifier=notifier))
+    try:
+        return anyio.run(lambda: serve(settings, environ=dict(os.environ), notifier=notifier))
+    except BaseExceptionGroup as group:
+        # the health server could not listen: it fails at start, before any run is claimed
+        bind = group.subgroup(HealthBindError)
+        if bind is None or bind.split(HealthBindError)[1] is not None:
+            raise
+        typer.echo(f"error: {_first(bind)}", err=True)
+        return 2
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 @app.command()
 def start(
     pool: Annotated[
-        list[str] | None, typer.Option("--pool", "-p", help="Work pool to serve (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            "-p",
+            help="Work pool to serve (repeatable). (env: FLOW_AGENT_POOLS, comma-separated; "
+            "default: local, with the embedded server)",
+        ),
     ] = None,
     queue: Annotated[
-        list[str] | None, typer.Option("--queue", "-q", help="Only these queues (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--queue", "-q", help="Only these queues (repeatable). (env: FLOW_AGENT_QUEUES; default: all)"
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Most flow runs in flight at once.")] = None,
-    name: Annotated[str | None, typer.Option(help="Worker name shown in the Prefect UI.")] = None,
-    poll_interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Most flow runs in flight at once. (env: FLOW_AGENT_LIMIT; default: no limit)"),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker name shown in the Prefect UI. (env: FLOW_AGENT_NAME; default: flow-agent-HOSTNAME)"
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between polls. (env: FLOW_AGENT_POLL_INTERVAL; default: 5)")
+    ] = None,
     health_port: Annotated[
-        int | None, typer.Option(help="Serve /healthz, /readyz and /metrics on this port.")
+        int | None,
+        typer.Option(
+            help="Serve /healthz, /readyz and /metrics on this port. "
+            "(env: FLOW_AGENT_HEALTH_PORT; default: off)"
+        ),
     ] = None,
-    log_format: Annotated[str | None, typer.Option(help="auto, json or console.")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="auto, json or console. (env: FLOW_AGENT_LOG_FORMAT; default: auto)")
+    ] = None,
     create_pools: Annotated[
         bool | None,
-        typer.Option("--create-pools/--no-create-pools", help="Create missing pools."),
+        typer.Option(
+            "--create-pools/--no-create-pools",
+            metavar="",
+            help="Create missing pools. (env: FLOW_AGENT_CREATE_POOLS; default: create)",
+        ),
     ] = None,
 ) -> None:
     """Serve work pools: claim their scheduled flow runs and launch them."""
@@ -116,7 +161,9 @@ def render(
     job_var: Annotated[
         list[str] | None, typer.Option("--job-var", help="key=value job variable (JSON values allowed).")
     ] = None,
-    as_json: Annotated[bool | None, typer.Option("--json/--summary", help="Force the output format.")] = None,
+    as_json: Annotated[
+        bool | None, typer.Option("--json/--summary", metavar="", help="Force the output format.")
+    ] = None,
     show_inherited: Annotated[
         bool, typer.Option("--show-inherited", help="Name the variables inherited from this environment.")
     ] = False,
@@ -125,17 +172,27 @@ def render(
     if (flow_run_id is None) == (deployment is None):
         typer.echo("error: give a FLOW_RUN_ID or --deployment NAME (one of them)", err=True)
         raise typer.Exit(2)
+    if flow_run_id is not None and not _is_uuid(flow_run_id):
+        typer.echo(
+            f"error: {flow_run_id!r} is not a flow run id (a UUID); `flow-agent flow-runs ls` lists them",
+            err=True,
+        )
+        raise typer.Exit(2)
     settings = load_settings()
     if settings.api_url is None:
         typer.echo("error: render needs a server: set PREFECT_API_URL", err=True)
         raise typer.Exit(2)
+    from agent.api.errors import ApiError
+    from agent.cli.common import explain, quiet_logs, retrying_visibly
     from agent.cli.render import RenderError, summary
     from agent.cli.render import render as render_run
+    from agent.retry import Interrupted
 
-    try:
-        variables = parse_job_vars(job_var or [])
-        document = anyio.run(
-            lambda: render_run(
+    quiet_logs(settings)
+
+    async def go() -> dict[str, Any]:
+        with retrying_visibly(settings):
+            return await render_run(
                 settings,
                 environ=dict(os.environ),
                 flow_run_id=flow_run_id,
@@ -143,12 +200,23 @@ def render(
                 job_vars=variables,
                 show_inherited=show_inherited,
             )
-        )
-    except (RenderError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+
+    try:
+        variables = parse_job_vars(job_var or [])
+        document = anyio.run(go)
+    except (RenderError, ValueError, ApiError, Interrupted, KeyboardInterrupt) as exc:
+        typer.echo(f"error: {explain(exc, settings.api_url)}", err=True)
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
     use_json = as_json if as_json is not None else not sys.stdout.isatty()
     typer.echo(json.dumps(document, indent=2, sort_keys=True) if use_json else summary(document))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_job_vars(pairs: list[str]) -> dict[str, Any]:

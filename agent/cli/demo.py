@@ -201,7 +201,13 @@ def _state(run: RunInfo | None) -> tuple[str, str, str]:
 
 def _shorten(text: str, head: int = 110, tail: int = 90) -> str:
     # Crash messages carry the run's last output; the start and the verdict at the end matter.
-    return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
+    # Cut between words, never inside one (the OOM verdict must stay readable).
+    if len(text) <= head + tail + 5:
+        return text
+    start, end = text[:head], text[-tail:]
+    start = start.rsplit(" ", 1)[0] if " " in start and not text[head].isspace() else start
+    end = end.split(" ", 1)[1] if " " in end and not text[-tail - 1].isspace() else end
+    return f"{start.rstrip()} ... {end.lstrip()}"
 
 
 def _table(latest: dict[str, RunInfo]) -> str:

@@ -76,8 +76,12 @@ def _check_prefect(python: str) -> None:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
-    """Whether `host:port` can be bound now (a hint: another process may take it later)."""
+    """Whether `host:port` can be bound now (a hint: another process may take it later).
+
+    With SO_REUSEADDR, as the server (uvicorn) binds: the TIME_WAIT sockets a server that
+    just stopped leaves behind do not make the port look busy, a listener still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

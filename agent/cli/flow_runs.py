@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agent.api.client import PrefectClient
-from agent.api.models import RunInfo
+from agent.api.models import RunInfo, StateType
 from agent.cli.common import bad, err, out, run_with_client, state_text, when
 from agent.orchestrate.batch import (
     CANCELLABLE,
@@ -37,6 +37,7 @@ from agent.orchestrate.batch import (
     delete_flow_runs,
     describe_runs,
     select_flow_runs,
+    split_states,
 )
 from agent.orchestrate.parse import parse_duration
 
@@ -68,9 +69,45 @@ OlderOpt = Annotated[
 NewerOpt = Annotated[
     str | None, typer.Option("--newer-than", help="Expected to start within this long ago (1h).")
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-AllOpt = Annotated[bool, typer.Option("--all", help="Allow acting without any filter (every run).")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", metavar="", help="Show what would be done; change nothing.")
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Do not ask for confirmation.")]
+AllOpt = Annotated[
+    bool, typer.Option("--all", metavar="", help="Allow acting without any filter (every run).")
+]
+
+
+# the state names Prefect gives besides its types' own (`Late` is a SCHEDULED state)
+KNOWN_STATE_NAMES = frozenset(
+    {
+        "Late",
+        "AwaitingRetry",
+        "AwaitingConcurrencySlot",
+        "Retrying",
+        "Cached",
+        "Suspended",
+        "RolledBack",
+        "InfrastructurePending",
+        "NotReady",
+        "Submitting",
+        "TimedOut",
+    }
+    | {t.value.capitalize() for t in StateType}
+)
+
+
+def _check_states(states: Sequence[str]) -> None:
+    _, names = split_states(states)
+    unknown = [name for name in names if name not in KNOWN_STATE_NAMES]
+    if unknown:
+        # one line, as every other error (click's usage box spreads it over several)
+        typer.echo(
+            f"error: --state {unknown[0]!r} is no state: give a type (COMPLETED, FAILED, CRASHED, ...) "
+            "or a name (Late, AwaitingRetry, Retrying, ...)",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 def _filter(
@@ -82,6 +119,7 @@ def _filter(
     older_than: str | None,
     newer_than: str | None,
 ) -> RunFilter:
+    _check_states(state or [])
     try:
         older = parse_duration(older_than) if older_than else None
         newer = parse_duration(newer_than) if newer_than else None

@@ -13,12 +13,13 @@ from typing import Any
 
 from agent.api import Deployment, DeploymentNotFound, FlowRun, PrefectClient, WorkPool
 from agent.api.deployments import read_deployment_by_name
+from agent.api.errors import NotFound
 from agent.infra.templating import InfraError
 from agent.observe.logging import Redactor
 from agent.runtime.jobs import JobBuilder
 from agent.settings import Settings
 
-__all__ = ["RenderError", "render", "summary"]
+__all__ = ["RenderError", "masked_document", "render", "summary"]
 
 PREVIEW_RUN_ID = "00000000-0000-0000-0000-000000000000"
 
@@ -31,7 +32,12 @@ async def _target(
     api: PrefectClient, flow_run_id: str | None, deployment_name: str | None, job_vars: Mapping[str, Any]
 ) -> tuple[FlowRun, Deployment | None]:
     if flow_run_id:
-        run = await api.read_flow_run(flow_run_id)
+        try:
+            run = await api.read_flow_run(flow_run_id)
+        except NotFound:
+            raise RenderError(
+                f"no flow run {flow_run_id} on {api.api_url}; `flow-agent flow-runs ls` lists the runs there"
+            ) from None
         deployment = await api.read_deployment(run.deployment_id) if run.deployment_id else None
         return run, deployment
     assert deployment_name

@@ -149,12 +149,15 @@ def run_command(
     name: Annotated[str | None, typer.Option("--name", help="The run's name.")] = None,
     queue: Annotated[str | None, typer.Option("--queue", help="Another work queue of the pool.")] = None,
     watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="Wait for the run to end; exit with its outcome.")
+        bool,
+        typer.Option("--watch", "-w", metavar="", help="Wait for the run to end; exit with its outcome."),
     ] = False,
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", help="Watch at most this many seconds (implies --watch); exit 3 if not done."
+            "--timeout",
+            help="Watch at most this many seconds (implies --watch); exit 3 if not done. "
+            "--timeout 0 looks once and does not wait (without --watch nothing waits either).",
         ),
     ] = None,
     poll_interval: Annotated[

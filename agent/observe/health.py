@@ -13,6 +13,7 @@ and scrapers sending one GET per connection. Every response closes its connectio
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
 
-__all__ = ["STALE_INTERVALS", "HealthState", "serve_health"]
+__all__ = ["STALE_INTERVALS", "HealthBindError", "HealthState", "serve_health"]
 
 log = get_logger("agent.health")
 
@@ -91,6 +92,21 @@ class HealthState:
         return self.healthz()[0] == 200
 
 
+class HealthBindError(Exception):
+    """The health server cannot listen where it was told to; the message names the fix."""
+
+
+async def _listen(host: str, port: int) -> anyio.abc.MultiListener[SocketStream]:
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:  # socket.gaierror (an unknown host) is an OSError too
+        if exc.errno == errno.EADDRINUSE:
+            fix = f"port {port} is in use; choose another with --health-port or FLOW_AGENT_HEALTH_PORT"
+        else:
+            fix = f"{exc.strerror or exc}; set FLOW_AGENT_HEALTH_HOST to an address of this host"
+        raise HealthBindError(f"cannot serve /healthz on {host}:{port}: {fix}") from None
+
+
 async def serve_health(
     state: HealthState,
     host: str,
@@ -100,7 +116,7 @@ async def serve_health(
 ) -> None:
     """Serve until cancelled. `task_status.started(port)` reports the bound port (useful
     with port 0). Start it with `await tg.start(serve_health, state, host, port)`."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    listener = await _listen(host, port)
     bound = listener.listeners[0].extra(SocketAttribute.local_port)  # same on every address
     log.info("health server listening", host=host, port=bound)
     task_status.started(bound)
