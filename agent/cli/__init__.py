@@ -242,8 +242,12 @@ def version() -> None:
 def _mount() -> None:
     from agent.cli.blocks import blocks_app, deployment_app
     from agent.cli.runs import flow_runs_app, run_command
+    from agent.cli.status import status_command
+    from agent.cli.why import why_command
 
     app.command("run")(run_command)
+    app.command("why")(why_command)
+    app.command("status")(status_command)
     app.add_typer(flow_runs_app, name="flow-runs")
     app.add_typer(blocks_app, name="blocks")
     app.add_typer(deployment_app, name="deployment")

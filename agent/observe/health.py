@@ -6,6 +6,9 @@ the first poll), 503 with a JSON reason otherwise. A loop that is not polling on
 (no free slot, draining after a stop signal) reports healthy: `paused` names why.
 `/readyz` answers 503 until the Prefect server has been reached once (a successful poll or
 heartbeat), 200 from then on. `/metrics` is the Prometheus text format of `Metrics`.
+`/status` is what the agent is doing, as JSON for `flow-agent why` and `flow-agent status`:
+name, version, pools, queues, limit, runs in flight, free slots, and the runs its
+reconciler leaves alone with the reason (run ids and reasons only: no secret, no env).
 
 A few dozen lines of HTTP on anyio instead of a web framework: the callers are probes
 and scrapers sending one GET per connection. Every response closes its connection.
@@ -46,6 +49,7 @@ class HealthState:
     reached: Callable[[], bool]
     metrics: Metrics
     paused: Callable[[], str | None] = lambda: None
+    status: Callable[[], dict[str, object]] = dict
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=-1.0)
     _paused_at: float | None = field(default=None, init=False, repr=False)
@@ -156,6 +160,8 @@ async def _handle(state: HealthState, stream: SocketStream) -> None:
     path = target.split("?", 1)[0]
     if path == "/metrics":
         status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(state.metrics.registry)
+    elif path == "/status":
+        status, ctype, body = 200, _JSON, json.dumps(state.status(), default=str).encode()
     elif path in ("/healthz", "/readyz"):
         status, payload = state.healthz() if path == "/healthz" else state.readyz()
         ctype, body = _JSON, json.dumps(payload).encode()
@@ -163,7 +169,7 @@ async def _handle(state: HealthState, stream: SocketStream) -> None:
         status, ctype, body = (
             404,
             _JSON,
-            b'{"status": "not found", "paths": ["/healthz", "/readyz", "/metrics"]}',
+            b'{"status": "not found", "paths": ["/healthz", "/readyz", "/metrics", "/status"]}',
         )
     await _respond(stream, status, ctype, b"" if method == "HEAD" else body, length=len(body))
 

@@ -15,6 +15,13 @@ vocabulary is counted as "other".
 | `flow_agent_free_slots` | gauge | -1 when the agent has no `--limit` (unlimited) |
 | `flow_agent_api_errors_total` | counter | `status` (HTTP status code, or "network") |
 | `flow_agent_last_poll_timestamp_seconds` | gauge | unix time of the last successful poll; 0 before |
+| `flow_agent_scheduled_backlog` | gauge | `pool`: due SCHEDULED runs of its queues, at the last look |
+| `flow_agent_oldest_due_run_age_seconds` | gauge | `pool`: how late the oldest due run is; 0 when none |
+| `flow_agent_limit_full` | gauge | 1 while due runs wait because the agent's `--limit` is full |
+| `flow_agent_limit_full_episodes_total` | counter | times the `--limit` became full with due runs waiting |
+
+The backlog gauges are what an autoscaler (KEDA, HPA) scales agents on: see
+deploy/kubernetes/autoscaling/.
 """
 
 from __future__ import annotations
@@ -95,6 +102,28 @@ class Metrics:
             "Unix time of the last successful poll; 0 before the first.",
             registry=r,
         )
+        self._backlog = Gauge(
+            "flow_agent_scheduled_backlog",
+            "Due SCHEDULED flow runs of the agent's pool and queues, at the last look.",
+            ["pool"],
+            registry=r,
+        )
+        self._oldest_due = Gauge(
+            "flow_agent_oldest_due_run_age_seconds",
+            "Seconds since the oldest due SCHEDULED run was due; 0 when none is due.",
+            ["pool"],
+            registry=r,
+        )
+        self._limit_full = Gauge(
+            "flow_agent_limit_full",
+            "1 while due flow runs wait because the agent's --limit is full, else 0.",
+            registry=r,
+        )
+        self._limit_full_episodes = Counter(
+            "flow_agent_limit_full_episodes",
+            "Times the agent's --limit became full while due flow runs were waiting.",
+            registry=r,
+        )
         self._free.set(_UNLIMITED)
 
     # -- what the poller, the runner and the client call -----------------------------------------
@@ -120,6 +149,16 @@ class Metrics:
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)
+
+    def set_backlog(self, pool: str, due: int, oldest_age: float) -> None:
+        """`due` runs of `pool` are due now; the oldest has been due `oldest_age` seconds."""
+        self._backlog.labels(pool=_pool(pool)).set(max(0, due))
+        self._oldest_due.labels(pool=_pool(pool)).set(max(0.0, oldest_age) if due else 0.0)
+
+    def set_limit_full(self, full: bool, *, new_episode: bool = False) -> None:
+        self._limit_full.set(1 if full else 0)
+        if new_episode:
+            self._limit_full_episodes.inc()
 
     def set_free_slots(self, n: int | None) -> None:
         """`None` (unlimited) is exported as -1."""

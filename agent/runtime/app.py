@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskGroup
 
+from agent import __version__
 from agent.aio import first_completed
 from agent.api import AuthError, PrefectClient
 from agent.backends import BackendOptions, Backends, load_backends
@@ -166,7 +167,24 @@ class Agent:
             metrics=self.metrics,
             # a full agent does not poll and a draining one stops: neither is a hung loop
             paused=self._paused,
+            status=self.status,
         )
+
+    def status(self) -> dict[str, object]:
+        """What /status answers: what this agent is doing, for `flow-agent why` and `status`."""
+        return {
+            "name": self.settings.name,
+            "version": __version__,
+            "instance": self.owner.instance,
+            "pools": list(self.pools.names),
+            "queues": list(self.settings.queues),
+            "limit": self.slots.limit,
+            "free_slots": self.slots.free,
+            "in_flight": self.runner.in_flight_ids,
+            "limit_full": self.poller.limit_full,
+            "draining": self.stop.is_set(),
+            "left_alone": dict(self.reconciler.left_alone),
+        }
 
     def _paused(self) -> str | None:
         if self.stop.is_set():

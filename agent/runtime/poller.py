@@ -8,6 +8,10 @@ Polls are their own retry: a failed poll is retried within one interval at most,
 loop polls again at its interval. Claims retry until answered, never sleeping longer than
 one interval, so after an outage the first claim comes within two intervals of the
 server's return. A stop ends the retry sleeps of polls and claims at once.
+
+Once per interval the poller also looks at the backlog of each pool (due runs not yet
+claimed, and how late the oldest is) for `/metrics`; when due runs wait because this
+agent's `--limit` is full, it says so once per episode, in its log and in a metric.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from agent.aio import first_completed
 from agent.api import ApiError, AuthError, NotFound, PrefectClient, ScheduledRun, TransientError
+from agent.api.backlog import read_backlog
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
 from agent.retry import Interrupted, retry_scope
@@ -34,6 +39,7 @@ __all__ = ["Poller"]
 log = get_logger("agent.runtime.poller")
 
 _SERVER_PAGE = 200  # the server's default limit when we ask for "all"
+_BACKLOG_EVERY = 5.0  # seconds at least between looks at the backlog (two requests per pool)
 
 
 class Poller:
@@ -66,6 +72,8 @@ class Poller:
         self.claiming = False  # a batch of claims is in progress
         self._failing: set[str] = set()  # pools whose last poll failed: said once per outage
         self._wake = anyio.Event()
+        self._backlog_at: float | None = None  # monotonic time of the last look at the backlog
+        self.limit_full = False  # due runs are waiting for this agent's --limit
 
     def wake(self) -> None:
         """Poll now instead of at the end of the interval (new runs were scheduled)."""
@@ -79,10 +87,12 @@ class Poller:
             if stop.is_set():
                 return
             if waiting_for_slot.cancelled_caught:
+                await self.look_at_backlog(stop)
                 continue
             # reset before polling: a wake-up that arrives during the poll means poll again
             self._wake = anyio.Event()
             full = await self.poll_once(stop, runs)
+            await self.look_at_backlog(stop)
             if not full:
                 with anyio.move_on_after(self._interval * random.uniform(0.9, 1.1)):
                     await first_completed(stop.wait, self._wake.wait)
@@ -100,6 +110,41 @@ class Poller:
             full |= len(scheduled) >= (free or _SERVER_PAGE)
             await self._claim_all(scheduled, stop, runs)
         return full
+
+    async def look_at_backlog(self, stop: anyio.Event, *, force: bool = False) -> None:
+        """Due runs per pool into the metrics, at most every interval (5 s at least); whether they
+        wait for this agent's --limit (said once per episode)."""
+        now = time.monotonic()
+        every = max(self._interval, _BACKLOG_EVERY)
+        if not force and self._backlog_at is not None and now - self._backlog_at < every:
+            return
+        self._backlog_at = now
+        waiting = 0
+        for name in self._pools.names:
+            at = datetime.now(UTC)
+            try:
+                with retry_scope(stop=stop, budget=0):  # a look, not worth a retry
+                    backlog = await read_backlog(self._api, name, self._queues, at)
+            except (ApiError, Interrupted) as exc:
+                log.debug("could not read the backlog", pool=name, error=str(exc))
+                continue
+            self._metrics.set_backlog(name, backlog.due, backlog.oldest_age(at))
+            waiting += backlog.due
+        self._note_limit(waiting)
+
+    def _note_limit(self, waiting: int) -> None:
+        full = waiting > 0 and self._slots.free == 0
+        if full and not self.limit_full:
+            log.warning(
+                "--limit is full: due flow runs wait for a free slot",
+                limit=self._slots.limit,
+                due=waiting,
+                fix="raise --limit (FLOW_AGENT_LIMIT) or run another agent on these pools",
+            )
+        elif self.limit_full and not full:
+            log.info("--limit no longer holds runs back", due=waiting)
+        self._metrics.set_limit_full(full, new_episode=full and not self.limit_full)
+        self.limit_full = full
 
     async def _poll_pool(self, name: str, limit: int | None, stop: anyio.Event) -> list[ScheduledRun] | None:
         before = datetime.now(UTC) + timedelta(seconds=self._prefetch)
