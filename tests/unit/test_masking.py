@@ -39,7 +39,9 @@ from agent.runtime.runner import Runner
 MASK = "********"
 WINDOW = 8
 
-_tricky = st.sampled_from([" ", "  ", "\t", "\\", "\\\\", "'", '"', "é", "☃", "\u2028", "\n", "\r\n", "|", "\x00"])
+_tricky = st.sampled_from(
+    [" ", "  ", "\t", "\\", "\\\\", "'", '"', "é", "☃", "\u2028", "\n", "\r\n", "|", "\x00"]
+)
 _chunk = st.one_of(st.text(min_size=1, max_size=40), _tricky)
 secrets = st.one_of(
     st.text(max_size=200),
@@ -239,7 +241,13 @@ def test_a_whole_auth_string_never_shows_its_user() -> None:
 def test_escaped_and_stripped_forms_are_masked() -> None:
     secret = ' back\\slash "quoted" é '
     redactor = Redactor([secret])
-    for form in (secret, repr(secret), json.dumps(secret), json.dumps(secret, ensure_ascii=False), secret.strip()):
+    for form in (
+        secret,
+        repr(secret),
+        json.dumps(secret),
+        json.dumps(secret, ensure_ascii=False),
+        secret.strip(),
+    ):
         assert "slash" not in redactor.mask_text(f"x {form} y")
 
 
