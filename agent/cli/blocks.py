@@ -25,7 +25,8 @@ from agent.api.deployments import find_deployment, update_deployment
 from agent.api.errors import ApiError
 from agent.api.models import Deployment
 from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
-from agent.cli.common import load_settings
+from agent.cli.common import EXIT_INTERRUPTED, explain, load_settings, quiet_logs, retrying_visibly
+from agent.retry import Interrupted
 from agent.settings import Settings
 
 __all__ = ["blocks_app", "deployment_app"]
@@ -63,15 +64,19 @@ def _run(work: Callable[[PrefectClient], Awaitable[T]]) -> T:
     """Run `work` with a client for the configured server; API errors exit 1 with their text."""
     settings = _settings()
     assert settings.api_url is not None
+    quiet_logs(settings)
 
     async def main() -> T:
         async with PrefectClient.from_settings(settings) as client:
-            return await work(client)
+            with retrying_visibly(settings):
+                return await work(client)
 
     try:
         return anyio.run(main)
-    except ApiError as exc:
-        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", code=EXIT_INTERRUPTED) from None
+    except (ApiError, Interrupted) as exc:
+        raise _fail(explain(exc, settings.api_url)) from None
 
 
 # -- blocks --------------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ def run_command(
         typer.Option(
             "--timeout",
             help="Watch at most this many seconds (implies --watch); exit 3 if not done. "
-            "--timeout 0 looks once and does not wait (without --watch nothing waits either).",
+            "--timeout 0 looks once and exits 3 unless the run already ended (unlike "
+            "run_deployment(timeout=0)); to not wait at all, give neither --watch nor --timeout.",
         ),
     ] = None,
     poll_interval: Annotated[

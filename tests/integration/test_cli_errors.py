@@ -150,6 +150,12 @@ def test_ctrl_c_stops_retrying_at_once() -> None:
     assert one_error(done, 130) == "error: interrupted"
 
 
+def test_blocks_server_down(down: dict[str, str]) -> None:
+    done = cli("blocks", "list", env=down)
+    line = one_error(done, 1)
+    assert "no Prefect server answered at" in line and "retrying" in done.stderr
+
+
 def test_flow_runs_ls_unknown_state() -> None:
     line = one_error(cli("flow-runs", "ls", "--state", "NOPE"), 2)
     assert "'NOPE' is no state" in line and "Late" in line
