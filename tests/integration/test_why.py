@@ -8,11 +8,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.agent_proc import AgentProcess
 from support.prefect_api import PrefectAPI, state_type, wait_for
 
 pytestmark = pytest.mark.integration
@@ -50,16 +52,16 @@ def run_in(api: PrefectAPI, deployment_id: str, queue: str | None = None) -> str
     return api.request("POST", f"/deployments/{deployment_id}/create_flow_run", json=body).json()["id"]
 
 
-def agent_with_health(start_agent, pool: str, *args: str) -> str:
+def agent_with_health(start_agent, pool: str, *args: str) -> tuple[str, AgentProcess]:
     port = free_port()
-    start_agent(pool, "--health-port", str(port), *args)
+    proc = start_agent(pool, "--health-port", str(port), *args)
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
         return httpx.get(f"{url}/status", timeout=2).status_code == 200
 
     wait_for(answers, 60, message="the agent's /status")
-    return url
+    return url, proc
 
 
 def running(api: PrefectAPI, run_id: str) -> None:
@@ -97,7 +99,7 @@ def test_pool_concurrency_full_names_the_holder(api: PrefectAPI, pool: str, star
     api.request("PATCH", f"/work_pools/{pool}", json={"concurrency_limit": 1})
     deployment = api.command_deployment(pool, "sleep 60")
     first = run_in(api, deployment)
-    url = agent_with_health(start_agent, pool)
+    url, _ = agent_with_health(start_agent, pool)
     running(api, first)
     second = run_in(api, deployment)
 
@@ -132,7 +134,7 @@ def test_agent_limit_full_is_explained_logged_and_counted(api: PrefectAPI, pool:
     api.create_process_pool(pool)
     deployment = api.command_deployment(pool, "sleep 60")
     first = run_in(api, deployment)
-    url = agent_with_health(start_agent, pool, "--limit", "1")
+    url, proc = agent_with_health(start_agent, pool, "--limit", "1")
     running(api, first)
     second = run_in(api, deployment)
 
@@ -147,14 +149,22 @@ def test_agent_limit_full_is_explained_logged_and_counted(api: PrefectAPI, pool:
         found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
         return found.get("flow_agent_limit_full", 0.0) == 1.0 and found
 
-    metrics = wait_for(limit_full_metric, 30, message="flow_agent_limit_full = 1")
+    wait_for(limit_full_metric, 30, message="flow_agent_limit_full = 1")
+    time.sleep(6)  # at least one more look at the backlog (every 5 s) in the same episode
+    metrics = limit_full_metric()
+    assert metrics, "the limit is still full"
     assert metrics["flow_agent_limit_full_episodes_total"] == 1.0
+    assert metrics["flow_agent_scheduled_backlog"] == 1.0  # the second run, due and unclaimed
+    assert metrics["flow_agent_oldest_due_run_age_seconds"] >= 0.0
+    said = [line for line in proc.lines() if "--limit is full" in line.get("event", "")]
+    assert len(said) == 1, said  # once per episode, however many looks
+    assert said[0]["due"] == 1 and "FLOW_AGENT_LIMIT" in said[0]["fix"]
 
 
 def test_queue_filtered_out(api: PrefectAPI, pool: str, start_agent) -> None:
     api.create_process_pool(pool)
     api.request("POST", f"/work_pools/{pool}/queues/", json={"name": "other"})
-    url = agent_with_health(start_agent, pool, "--queue", "other")
+    url, _ = agent_with_health(start_agent, pool, "--queue", "other")
     run_id = run_in(api, api.command_deployment(pool, "true"))
 
     answer = why(api, run_id, "--agent", url)
@@ -181,7 +191,7 @@ def test_status_lists_the_agent_and_its_runs(api: PrefectAPI, pool: str, start_a
     api.create_process_pool(pool)
     deployment = api.command_deployment(pool, "sleep 60")
     first = run_in(api, deployment)
-    url = agent_with_health(start_agent, pool, "--limit", "1", "--name", f"{pool}-agent")
+    url, _ = agent_with_health(start_agent, pool, "--limit", "1", "--name", f"{pool}-agent")
     running(api, first)
     second = run_in(api, deployment)
 

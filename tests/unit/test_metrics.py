@@ -102,3 +102,23 @@ def test_outcome_label() -> None:
     assert outcome_label(oom) == "oom"
     assert outcome_label(failed) == "crashed"
     assert outcome_label(oom, cancelled=True) == "cancelled"
+
+
+def test_backlog_and_limit_full_gauges() -> None:
+    m = Metrics()
+    assert value(m, "flow_agent_limit_full") == 0
+    assert value(m, "flow_agent_limit_full_episodes_total") == 0
+    m.set_backlog("etl", 3, 42.5)
+    m.set_backlog("ml", 0, 99.0)  # nothing due: no age, whatever was passed
+    assert value(m, "flow_agent_scheduled_backlog", pool="etl") == 3
+    assert value(m, "flow_agent_oldest_due_run_age_seconds", pool="etl") == 42.5
+    assert value(m, "flow_agent_scheduled_backlog", pool="ml") == 0
+    assert value(m, "flow_agent_oldest_due_run_age_seconds", pool="ml") == 0
+    m.set_limit_full(True, new_episode=True)
+    m.set_limit_full(True)  # the same episode
+    assert value(m, "flow_agent_limit_full") == 1
+    m.set_limit_full(False)
+    m.set_limit_full(True, new_episode=True)
+    assert value(m, "flow_agent_limit_full_episodes_total") == 2
+    m.set_backlog("", -1, -5.0)  # never negative, never an empty label
+    assert value(m, "flow_agent_scheduled_backlog", pool="other") == 0
