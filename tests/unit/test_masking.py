@@ -30,6 +30,7 @@ from agent.backends.process.records import Record, recorded_outcome
 from agent.cli.render import masked_document, summary
 from agent.infra.fields import describe
 from agent.infra.process import process_config
+from agent.infra.references import secret_values
 from agent.infra.templating import InfraError
 from agent.observe.logging import REDACTOR, Redactor, configure_logging, get_logger, set_log_sink
 from agent.observe.metrics import Metrics
@@ -51,7 +52,10 @@ secrets = st.one_of(
 positions = st.integers(0, 400)
 
 PROPERTY = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=60,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
@@ -254,3 +258,20 @@ def test_escaped_and_stripped_forms_are_masked() -> None:
 def test_mask_then_cut() -> None:
     redactor = Redactor(["abcdefghijklmnop"])
     assert redactor.clip("x" * 10 + "abcdefghijklmnop", 14) == "x" * 10 + "****"
+
+
+def test_a_service_account_keeps_its_project_readable() -> None:
+    key = {
+        "type": "service_account",
+        "project_id": "my-project-123",
+        "private_key": "-----BEGIN-----\nMIIEabc\n",
+    }
+    document = {
+        "data": {"service_account_info": key},
+        "block_type": {"slug": "gcp-credentials"},
+        "block_schema": {"fields": {"secret_fields": ["service_account_info.*"]}},
+    }
+    found = secret_values(document)
+    assert key["private_key"] in found and "my-project-123" not in found
+    redactor = Redactor(found)
+    assert redactor.mask_text("namespaces/my-project-123") == "namespaces/my-project-123"
