@@ -46,7 +46,14 @@ def _pieces(secret: str) -> set[str]:
 def derived_forms(secret: str) -> set[str]:
     """Every form of `secret` the agent's own formatters can make of it: raw, stripped,
     line by line, JSON-escaped (ASCII or not) and Python-repr-escaped."""
-    forms = {secret, secret.strip(), *_pieces(secret)}
+    # a blank piece (an empty line of a key file) would mask every indentation in every
+    # log line, and a short one with one visible character ordinary words
+    pieces = {
+        p
+        for p in {secret.strip(), *_pieces(secret)}
+        if p.strip() and (len(p) >= 8 or len(p.strip()) >= _MIN_LEN)
+    }
+    forms = {secret, *pieces}
     for form in list(forms):
         forms.add(json.dumps(form)[1:-1])
         forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
