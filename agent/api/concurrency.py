@@ -41,13 +41,12 @@ class TagLimit(BaseModel):
 
 
 class DeploymentLimit(BaseModel):
-    """What `why` needs of a deployment: its name, whether it is paused, its limit."""
+    """What `why` needs of a deployment: its name and its concurrency limit."""
 
     model_config = ConfigDict(extra="ignore")
 
     id: str
     name: str
-    paused: bool = False
     global_concurrency_limit: GlobalLimit | None = None
 
 

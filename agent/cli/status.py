@@ -9,6 +9,7 @@ the runs that ended CRASHED in the last hour with their explanation. JSON when p
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agent.aio import first_completed
 from agent.api.agents import AgentStatus, read_agent_statuses
 from agent.api.client import PrefectClient
 from agent.api.concurrency import DeploymentLimit
@@ -178,12 +180,20 @@ def status_command(
             else:
                 out.print(render(report))
             return 0
-        with Live(render(await collect(client, pool, urls)), console=out, auto_refresh=False) as live:
-            while True:
-                await anyio.sleep(interval)
-                live.update(render(await collect(client, pool, urls)), refresh=True)
+        await first_completed(lambda: _watch(client, pool, urls, interval), _ctrl_c)
+        return 0  # Ctrl-C is how a watch ends: not an error
 
-    try:
-        raise typer.Exit(run_with_client(main))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    raise typer.Exit(run_with_client(main))
+
+
+async def _watch(client: PrefectClient, pools: Sequence[str], urls: Sequence[str], interval: float) -> None:
+    with Live(render(await collect(client, pools, urls)), console=out, auto_refresh=False) as live:
+        while True:
+            await anyio.sleep(interval)
+            live.update(render(await collect(client, pools, urls)), refresh=True)
+
+
+async def _ctrl_c() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT) as received:
+        async for _ in received:
+            return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from agent.api.agents import AgentStatus, read_agent_statuses
 from agent.api.backlog import due_criteria
 from agent.api.client import PrefectClient
 from agent.api.concurrency import DeploymentLimit, read_deployment_limit, read_tag_limits
+from agent.api.errors import NotFound
 from agent.api.flow_runs import filter_flow_runs, read_flow_run
 from agent.api.models import FILTER_PAGE, RunInfo
 from agent.api.work_queues import read_work_queues
@@ -94,7 +96,14 @@ async def read_facts(
 
 
 async def explain(client: PrefectClient, run_id: str, urls: Sequence[str]) -> tuple[Diagnosis, Facts]:
-    run = await read_flow_run(client, run_id)
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        raise ValueError(f"{run_id!r} is not a flow run id (a UUID, as `flow-runs ls` shows)") from None
+    try:
+        run = await read_flow_run(client, run_id)
+    except NotFound:
+        raise ValueError(f"no flow run {run_id} on {client.api_url}") from None
     now = datetime.now(UTC)
     pool = await read_pool_facts(client, run.work_pool_name, now) if run.work_pool_name else PoolFacts(None)
     agents, unreachable = await read_agent_statuses(urls)
@@ -105,7 +114,10 @@ async def explain(client: PrefectClient, run_id: str, urls: Sequence[str]) -> tu
 def show(diagnosis: Diagnosis, facts: Facts) -> None:
     where = f"pool {diagnosis.pool!r}, queue {diagnosis.queue!r}" if diagnosis.pool else "no pool"
     out.print(Text(f"{diagnosis.run_name} ({diagnosis.run_id}): {diagnosis.state}, {where}", style="bold"))
-    out.print(diagnosis.headline, soft_wrap=True)
+    headline = diagnosis.headline
+    if diagnosis.causes and headline.endswith(diagnosis.causes[0].summary):  # said just below
+        headline = headline.removesuffix(diagnosis.causes[0].summary).rstrip(": ") + ":"
+    out.print(headline, soft_wrap=True)
     for cause in diagnosis.causes:
         out.print(Text.assemble("  - ", (cause.summary, "yellow")), soft_wrap=True)
         if cause.fix:

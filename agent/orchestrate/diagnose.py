@@ -144,9 +144,11 @@ def _waiting(facts: Facts) -> tuple[list[Cause], str]:
         headline = f"not running yet ({run.state_label}): {causes[0].summary}"
     else:
         late = f", due {_ago(facts.now - due_at)} ago" if due_at else ""
+        ahead = _ahead(facts)
+        queue = f" ({ahead} due run(s) come before it)" if ahead else ""
         headline = (
             f"due{late} and nothing found holds it back: an agent serving pool {pool.name!r} "
-            "should claim it at its next poll"
+            f"should claim it at its next poll{queue}"
         )
     return causes, headline
 
@@ -287,14 +289,6 @@ def _deployment_limit(facts: Facts) -> list[Cause]:
     if deployment is None:
         return []
     causes = []
-    if deployment.paused:
-        causes.append(
-            Cause(
-                "deployment_paused",
-                f"deployment {deployment.name!r} is paused: its schedules create no new runs",
-                "resume the deployment in the Prefect UI",
-            )
-        )
     limit = deployment.global_concurrency_limit
     awaiting = facts.run.state_label == "AwaitingConcurrencySlot"
     if limit is not None and (limit.full or awaiting):
@@ -315,24 +309,31 @@ def _deployment_limit(facts: Facts) -> list[Cause]:
     return causes
 
 
-def _position(facts: Facts) -> list[Cause]:
-    """Where the run is in the order a poll serves: queue priority, then time due."""
-    run = facts.run
+def _ahead(facts: Facts) -> int:
+    """How many due runs a poll serves before this one (queue priority, then time due);
+    a full page when the run is not within the page that was read."""
     priority = {q.name: q.priority for q in facts.pool.queues}
     due = sorted(
         facts.pool.due,
         key=lambda r: (priority.get(r.work_queue_name or "", 1), r.next_scheduled_start_time or facts.now),
     )
     ids = [r.id for r in due]
-    if run.id in ids or len(due) < PAGE:
+    return ids.index(facts.run.id) if facts.run.id in ids else len(due)
+
+
+def _position(facts: Facts) -> list[Cause]:
+    run = facts.run
+    ahead = _ahead(facts)
+    if ahead < PAGE:
         return []
+    priority = next((q.priority for q in facts.pool.queues if q.name == run.work_queue_name), 1)
     return [
         Cause(
             "page_congested",
             f"at least {PAGE} due runs of pool {run.work_pool_name!r} come before it (queue priority "
-            f"{priority.get(run.work_queue_name or '', 1)}), more than one poll returns",
+            f"{priority}), more than one poll returns",
             "add agents or raise --limit, or give its queue a higher priority (a lower number)",
-            {"ahead": len(due)},
+            {"ahead": ahead},
         )
     ]
 

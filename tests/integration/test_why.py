@@ -205,3 +205,19 @@ def test_status_lists_the_agent_and_its_runs(api: PrefectAPI, pool: str, start_a
     waiting = {run["id"]: run for run in entry["waiting"]}
     assert "--limit" in waiting[second]["reason"]
     assert f"agent {pool + '-agent'!r} is launching it" in waiting[first]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("run_id", "said"),
+    [("not-a-uuid", "is not a flow run id"), ("00000000-0000-4000-8000-000000000000", "no flow run")],
+)
+def test_why_a_bad_or_unknown_id_is_one_line(api: PrefectAPI, run_id: str, said: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW_AGENT_", "PREFECT_"))}
+    env["PREFECT_API_URL"] = api.api_url
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "why", run_id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert said in line

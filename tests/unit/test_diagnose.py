@@ -185,3 +185,11 @@ def test_json_has_every_field() -> None:
     body = diagnose(facts(workers=[])).to_json()
     assert set(body) == {"run_id", "run_name", "state", "pool", "queue", "headline", "causes"}
     assert body["causes"][0]["code"] == "no_agent" and body["causes"][0]["fix"]
+
+
+def test_position_in_the_pool_is_told_when_nothing_holds_it_back() -> None:
+    queues = [WorkQueue(id="q1", name="urgent", priority=1), WorkQueue(id="q2", name="default", priority=5)]
+    later_but_urgent = run("u", queue="urgent", due=NOW - timedelta(minutes=1))
+    d = diagnose(facts(queues=queues, due=[run(), later_but_urgent]))
+    assert d.causes == []
+    assert d.headline.endswith("(1 due run(s) come before it)")

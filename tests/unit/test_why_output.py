@@ -27,7 +27,7 @@ def test_why_prints_the_state_headline_causes_and_fixes(screen: Console) -> None
     why_module.show(diagnose(f), f)
     text = screen.export_text()
     assert "run-r1 (r1): Scheduled, pool 'p', queue 'default'" in text
-    assert "not running yet (Scheduled): every agent serving it is at its --limit" in text
+    assert "not running yet (Scheduled):\n  - every agent serving it is at its --limit" in text
     assert "fix: raise --limit (FLOW_AGENT_LIMIT)" in text
     assert "agent http://b:8080 did not answer /status: refused" in text
 
