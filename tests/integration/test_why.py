@@ -185,6 +185,9 @@ def test_crashed_with_an_oom_exit(api: PrefectAPI, pool: str, start_agent) -> No
     assert "exit code -9" in answer["headline"]
     assert codes(answer) == ["oom"]
     assert "memory" in answer["causes"][0]["fix"]
+    (entry,) = cli(api, "status", "--pool", pool)["pools"]
+    (crashed,) = entry["crashed"]  # in the last hour, with its explanation
+    assert crashed["id"] == run_id and "exit code -9" in crashed["message"]
 
 
 def test_status_lists_the_agent_and_its_runs(api: PrefectAPI, pool: str, start_agent) -> None:
