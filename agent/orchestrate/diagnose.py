@@ -224,13 +224,17 @@ def _agents(facts: Facts) -> list[Cause]:
     if not mine:
         return []
     serving = [a for a in mine if a.serves(run.work_pool_name, run.work_queue_name)]
+    # workers heartbeating the pool that did not answer /status may serve it: never hidden
+    known = {a.name for a in facts.agents}
+    others = [w.name for w in online_workers(facts.pool.workers, facts.now) if w.name not in known]
+    unsure = f" ({', '.join(map(repr, others))} also poll(s) the pool; not asked)" if others else ""
     if not serving:
         names = ", ".join(f"{a.name!r} (queues {', '.join(a.queues)})" for a in mine)
         return [
             Cause(
                 "queue_filtered",
                 f"the agents on pool {run.work_pool_name!r} filter queue {run.work_queue_name!r} "
-                f"out: {names}",
+                f"out: {names}{unsure}",
                 f"start an agent with --queue {run.work_queue_name} (or without --queue) on this pool",
                 {"agents": [a.name for a in mine]},
             )
@@ -240,7 +244,7 @@ def _agents(facts: Facts) -> list[Cause]:
         return [
             Cause(
                 "agent_limit_full",
-                f"every agent serving it is at its --limit: {held}",
+                f"every agent serving it is at its --limit: {held}{unsure}",
                 "raise --limit (FLOW_AGENT_LIMIT), or start another agent on this pool",
                 {"agents": [{"name": a.name, "limit": a.limit, "in_flight": a.in_flight} for a in serving]},
             )

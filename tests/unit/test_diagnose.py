@@ -193,3 +193,12 @@ def test_position_in_the_pool_is_told_when_nothing_holds_it_back() -> None:
     d = diagnose(facts(queues=queues, due=[run(), later_but_urgent]))
     assert d.causes == []
     assert d.headline.endswith("(1 due run(s) come before it)")
+
+
+def test_workers_that_did_not_answer_are_named_not_assumed_away() -> None:
+    f = facts(workers=[worker("a1"), worker("prefect-worker-x")], agents=[agent(limit=1, free_slots=0)])
+    (cause,) = diagnose(f).causes
+    assert cause.code == "agent_limit_full"
+    assert "('prefect-worker-x' also poll(s) the pool; not asked)" in cause.summary
+    # the agent that answered is not listed again
+    assert "'a1' also" not in cause.summary
