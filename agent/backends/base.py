@@ -8,11 +8,12 @@ bad job (fail that run) from an unavailable platform (retry later).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
+from agent.observe.logging import get_logger
 from agent.outcome import Outcome
 from agent.retry import Retryable, RetryPolicy
 
@@ -25,7 +26,22 @@ __all__ = [
     "InfrastructureNotFound",
     "Job",
     "LaunchError",
+    "OutputSink",
+    "output_sink",
 ]
+
+# Where a workload's output goes, one line at a time (already masked, no trailing newline).
+# A flow run's default is the agent log with its flow_run_id, which ships the line to the
+# run's logs in the UI; a direct run (`flow-agent infra run`) passes one that prints.
+OutputSink = Callable[[str], None]
+
+
+def output_sink(kind: str, flow_run_id: str, given: OutputSink | None = None) -> OutputSink:
+    """`given`, else the agent log line that ships to the flow run's logs."""
+    if given is not None:
+        return given
+    log = get_logger(f"agent.backends.{kind}", flow_run_id=flow_run_id)
+    return lambda line: log.info(line, stream="output")
 
 
 # The typed runtime options of one kind: what its backend needs beyond the request payload
@@ -62,6 +78,8 @@ class Job(Generic[R]):
     payload: Mapping[str, Any] = field(repr=False)
     runtime: R = field(repr=False)  # type: ignore[assignment]
     source: str = ""  # where the configuration came from, for messages
+    # None: the agent log with flow_run_id (see `OutputSink`); backends call `emit` per line
+    output: OutputSink | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

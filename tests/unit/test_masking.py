@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent.api.models import SetStateStatus
+from agent.backends.base import output_sink
 from agent.backends.process import shim
 from agent.backends.process.backend import ProcessBackend
 from agent.backends.process.records import Record, recorded_outcome
@@ -89,7 +90,7 @@ def _pumped(output: bytes) -> list[str]:
         reader.feed_data(output)
         reader.feed_eof()
         tail: Any = __import__("collections").deque(maxlen=5)
-        await ProcessBackend._pump(reader, tail, "run-1")
+        await ProcessBackend._pump(reader, tail, output_sink("process", "run-1"))
         return list(tail)
 
     with contextlib.redirect_stderr(io.StringIO()):

@@ -34,6 +34,8 @@ from agent.backends.base import (
     InfrastructureNotFound,
     Job,
     LaunchError,
+    OutputSink,
+    output_sink,
 )
 from agent.backends.engine import Watched, WatchEngine
 from agent.backends.process.records import (
@@ -47,7 +49,7 @@ from agent.backends.process.records import (
 )
 from agent.backends.process.spawn import LINE_LIMIT, launch_message, start_supervised
 from agent.infra.process import ProcessRuntime
-from agent.observe.logging import REDACTOR, get_logger
+from agent.observe.logging import REDACTOR
 from agent.outcome import Outcome, Reason
 
 __all__ = ["ProcessBackend"]
@@ -67,6 +69,7 @@ class _Proc:
     child: asyncio.subprocess.Process | None = None
     temp_dir: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    output: OutputSink | None = None  # the job's sink (None: the agent log)
 
 
 class _Local:
@@ -144,7 +147,7 @@ class ProcessBackend:
             raise
         handle = Handle(self.kind, f"{self.hostname}:{proc.pid}", job.flow_run_id, runtime=job.runtime)
         record = records[0] if records else None
-        watched = self._engine.track(Watched(handle, _Proc(record, proc, temp_dir)))
+        watched = self._engine.track(Watched(handle, _Proc(record, proc, temp_dir, output=job.output)))
         self._engine.spawn(lambda: self._follow(watched))
         return handle
 
@@ -176,7 +179,8 @@ class ProcessBackend:
         assert child is not None
         try:
             if child.stdout is not None:  # EOF comes when the supervisor exits
-                await self._pump(child.stdout, watched.state.tail, watched.flow_run_id)
+                emit = output_sink(self.kind, watched.flow_run_id, watched.state.output)
+                await self._pump(child.stdout, watched.state.tail, emit)
         finally:
             code = await child.wait()
             tail = watched.state.tail
@@ -184,8 +188,7 @@ class ProcessBackend:
             self._engine.end(watched, Outcome(Reason.EXITED, exit_code=code, detail=detail))
 
     @staticmethod
-    async def _pump(stream: asyncio.StreamReader, tail: deque[str], run_id: str) -> None:
-        log = get_logger("agent.backends.process", flow_run_id=run_id)
+    async def _pump(stream: asyncio.StreamReader, tail: deque[str], emit: OutputSink) -> None:
         while True:
             try:
                 raw = await stream.readline()
@@ -198,7 +201,7 @@ class ProcessBackend:
             line = REDACTOR.mask_text(raw.decode(errors="replace")).rstrip()
             if line:
                 tail.append(REDACTOR.clip(line, 300))
-                log.info(line, stream="output")
+                emit(line)
 
     # -- wait, inspect, find ---------------------------------------------------------------------
 
