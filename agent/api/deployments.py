@@ -21,13 +21,14 @@ from agent.api.models import FILTER_PAGE, Deployment, DeploymentCreate
 __all__ = [
     "create_deployment",
     "find_deployment",
+    "list_deployments",
     "parse_deployment_name",
     "read_deployment_by_name",
     "read_deployments",
     "update_deployment",
 ]
 
-_HOW_TO_NAME: Final = "names are 'flow-name/deployment-name'; `prefect deployment ls` lists them"
+_HOW_TO_NAME: Final = "names are 'flow-name/deployment-name'; `flow-agent deployment ls` lists them"
 
 
 def parse_deployment_name(name: str) -> tuple[str, str]:
@@ -38,7 +39,7 @@ def parse_deployment_name(name: str) -> tuple[str, str]:
     if not sep or not flow or not deployment:
         raise ValueError(
             f"deployment {name!r}: give its id or 'flow-name/deployment-name' "
-            "(e.g. 'etl/nightly'; `prefect deployment ls` lists them)"
+            "(e.g. 'etl/nightly'; `flow-agent deployment ls` lists them)"
         )
     return flow, deployment
 
@@ -90,6 +91,19 @@ async def read_deployments(client: PrefectClient, ids: Iterable[str]) -> list[De
         data = await client.request("POST", "/deployments/filter", json=body)
         found.extend(Deployment.model_validate(item) for item in data or [])
     return found
+
+
+async def list_deployments(client: PrefectClient, *, pool: str | None = None) -> list[Deployment]:
+    """Every deployment (of one work pool when given), by name, a page of 200 at a time."""
+    found: list[Deployment] = []
+    body: dict[str, Any] = {"sort": "NAME_ASC", "limit": FILTER_PAGE}
+    if pool is not None:
+        body["work_pools"] = {"name": {"any_": [pool]}}
+    while True:
+        page = await client.request("POST", "/deployments/filter", json={**body, "offset": len(found)})
+        found.extend(Deployment.model_validate(item) for item in page or [])
+        if len(page or []) < FILTER_PAGE:
+            return found
 
 
 async def create_deployment(client: PrefectClient, spec: DeploymentCreate) -> Deployment:

@@ -21,8 +21,9 @@ from agent.api.blocks import (
     register_block_type_and_schema,
 )
 from agent.api.client import PrefectClient
-from agent.api.deployments import find_deployment, update_deployment
+from agent.api.deployments import find_deployment, list_deployments, update_deployment
 from agent.api.errors import ApiError
+from agent.api.flows import read_flows
 from agent.api.models import Deployment
 from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
 from agent.cli.common import EXIT_INTERRUPTED, explain, load_settings, quiet_logs, retrying_visibly
@@ -38,7 +39,7 @@ blocks_app = typer.Typer(
     "azure-container-instance-job, kubernetes-job) on the Prefect server.",
     no_args_is_help=True,
 )
-deployment_app = typer.Typer(help="Change deployments on the Prefect server.", no_args_is_help=True)
+deployment_app = typer.Typer(help="List and change deployments on the Prefect server.", no_args_is_help=True)
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
@@ -151,6 +152,28 @@ async def _find_block(client: PrefectClient, block: str) -> dict[str, Any]:
             "`flow-agent blocks register` first if the type is missing) or see `flow-agent blocks list`"
         )
     return document
+
+
+@deployment_app.command("ls")
+def list_deployments_command(
+    pool: Annotated[str | None, typer.Option("--pool", help="Only this work pool's deployments.")] = None,
+) -> None:
+    """The deployments on the server: 'flow-name/deployment-name' (what `run` takes), work pool, id."""
+
+    async def work(client: PrefectClient) -> list[tuple[str, str, str]]:
+        found = await list_deployments(client, pool=pool)
+        flows = {f.id: f.name for f in await read_flows(client, ids={d.flow_id for d in found})}
+        return [(f"{flows.get(d.flow_id, d.flow_id)}/{d.name}", d.work_pool_name or "-", d.id) for d in found]
+
+    rows = sorted(_run(work))
+    if not rows:
+        where = f" in work pool {pool!r}" if pool else ""
+        typer.echo(f"no deployments{where}; create one with `prefect deploy` or flow.deploy()", err=True)
+        return
+    name_width = max(len(name) for name, _, _ in rows)
+    pool_width = max(len(p) for _, p, _ in rows)
+    for name, work_pool, deployment_id in rows:
+        typer.echo(f"{name:<{name_width}}  {work_pool:<{pool_width}}  {deployment_id}")
 
 
 @deployment_app.command("set-infra")

@@ -190,3 +190,19 @@ def test_a_changed_block_type_card_is_updated_back(api: PrefectAPI, registered: 
 
     assert "process: block type updated, schema unchanged" in again.output
     assert api.request("GET", "/block_types/slug/process").json()["description"] != "stale"
+
+
+def test_deployment_ls_names_what_run_and_set_infra_take(api: PrefectAPI, pool: str) -> None:
+    api.create_process_pool(pool)
+    flow_id = api.create_flow(f"listed-{pool}")
+    first = api.create_deployment(flow_id, "nightly etl", pool)
+    second = api.create_deployment(flow_id, "hourly", pool)
+
+    result = cli(api.api_url, "deployment", "ls", "--pool", pool)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [f"listed-{pool}/hourly", f"listed-{pool}/nightly etl"]
+    assert second in lines[0] and first in lines[1] and all(pool in line for line in lines)
+    empty = cli(api.api_url, "deployment", "ls", "--pool", f"{pool}-none")
+    assert empty.exit_code == 0 and "no deployments in work pool" in empty.output

@@ -317,4 +317,4 @@ def test_each_part_of_a_name_is_quoted(api: PrefectAPI, pool: str, tmp_path: Pat
     with pytest.raises(DeploymentNotFound) as missing:
         run_deployment(f"nightly etl {pool}/eu/west", timeout=0)
     message = str(missing.value)
-    assert f"'nightly etl {pool}/eu/west' not found" in message and "prefect deployment ls" in message
+    assert f"'nightly etl {pool}/eu/west' not found" in message and "flow-agent deployment ls" in message
