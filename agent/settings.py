@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent.prefect_profile import is_secret_setting, prefect_settings_env
 from agent.retry import RetryPolicy
 
 __all__ = ["Settings", "default_data_dir"]
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("FLOW_AGENT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"),
     )
     request_timeout: float = Field(30.0, gt=0)
+    # Prefect's own settings (active profile, env-set PREFECT_* on top), captured once here
+    # and put into every job's environment as Prefect's workers do (agent/prefect_profile.py)
+    prefect_env: dict[str, str] = Field(
+        default_factory=lambda: prefect_settings_env(os.environ), repr=False, exclude=True
+    )
 
     # -- what to serve ---------------------------------------------------------------------------
     pools: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -142,6 +148,7 @@ class Settings(BaseSettings):
         """Values that must never be printed (fed to the log redactor)."""
         found = [self.api_key, self.api_auth_string]
         values = [s.get_secret_value() for s in found if s is not None]
+        values += [value for name, value in self.prefect_env.items() if is_secret_setting(name)]
         # the password half of a basic auth string is a secret on its own, too
         for value in list(values):
             if ":" in value:

@@ -168,6 +168,7 @@ class Deployment(_Model):
     version: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
+    updated: datetime | None = None  # Prefect's workers label jobs with it
 
 
 class DeploymentCreate(_Model):

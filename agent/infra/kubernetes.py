@@ -98,6 +98,7 @@ class KubernetesRuntime:
     cluster_config: Mapping[str, Any] | None = field(repr=False)
     pod_watch_timeout_seconds: int  # from creation to a running pod
     job_watch_timeout_seconds: int | None  # from creation to the end; None: no limit
+    stream_output: bool = True  # the flow container's pod log goes to the run's log
 
 
 class KubernetesKind:
@@ -174,6 +175,7 @@ class KubernetesKind:
             cluster_config=config.cluster_config,
             pod_watch_timeout_seconds=config.pod_watch_timeout_seconds,
             job_watch_timeout_seconds=config.job_watch_timeout_seconds,
+            stream_output=config.stream_output,
         )
 
 
@@ -215,7 +217,7 @@ def _set_metadata(config: KubernetesConfig, ctx: RunContext, manifest: dict[str,
     """Labels and annotations on the Job and its pod template, and the Job's generateName."""
     metadata = manifest["metadata"]
     pod_meta = manifest["spec"]["template"].setdefault("metadata", {})
-    labels = {**config.labels, **ctx.labels}
+    labels = {**config.labels, **_run_labels(ctx.labels)}
     metadata["labels"] = sanitize_labels({**metadata["labels"], **labels})
     pod_meta["labels"] = sanitize_labels({**(pod_meta.get("labels") or {}), **labels})
     annotations = {**metadata["annotations"], **config.annotations}
@@ -225,6 +227,26 @@ def _set_metadata(config: KubernetesConfig, ctx: RunContext, manifest: dict[str,
     if not metadata.get("name"):
         name = config.name or ctx.flow_run_name
         metadata["generateName"] = generate_name(metadata.get("generateName"), name)
+
+
+def _run_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The run's labels with prefect-kubernetes's `app.kubernetes.io/*` ones, in its order:
+    managed-by, part-of and version after `prefect.io/version`; `name` after the flow's name,
+    then the deployment's name in the same place (sanitized later, with the others)."""
+    result: dict[str, str] = {}
+    for key, value in labels.items():
+        if key == "prefect.io/version":
+            value = value.split("+")[0]
+        result[key] = value
+        versioned = "prefect.io/version" in labels
+        if key == "prefect.io/version" or (key == "prefect.io/flow-run-name" and not versioned):
+            result["app.kubernetes.io/managed-by"] = "prefect"
+            result["app.kubernetes.io/part-of"] = "prefect"
+            if versioned:
+                result["app.kubernetes.io/version"] = value
+        elif key in ("prefect.io/flow-name", "prefect.io/deployment-name"):
+            result["app.kubernetes.io/name"] = value
+    return result
 
 
 # ---------------------------------------------------------------- validation

@@ -9,14 +9,29 @@ Where the configuration comes from, strongest first:
 Then `{{ prefect.blocks.* }}` / `{{ prefect.variables.* }}` are resolved (secret values are
 handed to the redactor at once), the kind builds the typed config and the exact payload,
 and the user's JSON Patch customizations are applied to that payload last.
+
+What every job is told about its run is what Prefect's `BaseJobConfiguration.
+prepare_for_flow_run` tells it, in the same order (later wins): the agent's Prefect
+settings (`Settings.prefect_env`, with the agent's own API URL and credentials) ->
+`PREFECT__FLOW_RUN_ID` -> `PREFECT__WORKER_NAME`, `PREFECT__FLOW_ID`, `PREFECT__FLOW_NAME`,
+`PREFECT__DEPLOYMENT_ID`, `PREFECT__DEPLOYMENT_NAME` -> the job's env; and the labels
+`prefect.io/flow-run-id`, `-flow-run-name`, `-version`, `-work-pool-name`, `-work-pool-id`,
+`-worker-name`, `-flow-id`, `-flow-name`, `-deployment-id`, `-deployment-name`,
+`-deployment-updated`. Prefect's `version` label is the worker's Prefect version; here it is
+the server's (`GET /admin/version`, read once), the Prefect this agent speaks for. The flow's
+name is read once per flow id.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
+from datetime import UTC
 from typing import Any
 
 from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
+from agent.api.errors import ApiError
+from agent.api.flows import read_flow
 from agent.backends.base import Job
 from agent.infra import resolve_job_configuration
 from agent.infra.kinds import Kinds
@@ -42,13 +57,17 @@ class JobBuilder:
         environ: Mapping[str, str],
         worker_name: str,
         on_secret: Callable[[str], None],
+        prefect_env: Mapping[str, str] | None = None,
     ) -> None:
         self.api = api
         self._kinds = kinds
         self._environ = dict(environ)  # for {{ $VAR }} placeholders, as Prefect's worker does
         self._on_secret = on_secret
         self._worker_name = worker_name
-        self._prefect_env = {"PREFECT_API_URL": api_url}
+        self._flow_names: dict[str, str] = {}
+        self._server_version: str | None = None
+        # the settings a Prefect worker passes on; the agent's own server and credentials win
+        self._prefect_env = {**(prefect_env or {}), "PREFECT_API_URL": api_url}
         if auth_string:
             self._prefect_env["PREFECT_API_AUTH_STRING"] = auth_string
         elif api_key:
@@ -73,9 +92,11 @@ class JobBuilder:
             environ=environ,
             worker_name=settings.name,
             on_secret=on_secret,
+            prefect_env=settings.prefect_env,
         )
 
     async def build(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> Job:
+        await self.learn(run)
         kind, config, source = await self.configure(run, pool, deployment)
         payload = kind.build_payload(config, self.context(run, pool, deployment))
         payload = apply_customizations(
@@ -113,21 +134,44 @@ class JobBuilder:
         resolved = await resolve_references(resolved, self.api, on_secret=self._on_secret, source=source)
         return kind, kind.config_from_pool(resolved, pool_type=pool.type, source=source), source
 
+    async def learn(self, run: FlowRun) -> None:
+        """What the labels need beyond the run: its flow's name and the server's version,
+        each read once. A failed read leaves the label out (as Prefect leaves out what it
+        lacks) and is tried again for the next run; it never fails the run."""
+        if self._server_version is None:
+            try:
+                version = await self.api.request("GET", "/admin/version")
+            except ApiError:
+                version = None
+            self._server_version = str(version) if isinstance(version, str) and version else None
+        if run.flow_id and run.flow_id not in self._flow_names:
+            with contextlib.suppress(ApiError):
+                self._flow_names[run.flow_id] = (await read_flow(self.api, run.flow_id)).name
+
     def context(self, run: FlowRun, pool: WorkPool | None, deployment: Deployment | None) -> RunContext:
+        """The run's env and labels, in Prefect's order (see the module's docstring)."""
+        flow_name = self._flow_names.get(run.flow_id) if run.flow_id else None
         env = {**self._prefect_env, "PREFECT__FLOW_RUN_ID": run.id, "PREFECT__WORKER_NAME": self._worker_name}
         labels = {"prefect.io/flow-run-id": run.id, "prefect.io/flow-run-name": run.name}
+        if self._server_version:
+            labels["prefect.io/version"] = self._server_version
+        if pool is not None:
+            labels["prefect.io/work-pool-name"] = pool.name
+            labels["prefect.io/work-pool-id"] = pool.id
+        labels["prefect.io/worker-name"] = self._worker_name
         if run.flow_id:
             env["PREFECT__FLOW_ID"] = run.flow_id
             labels["prefect.io/flow-id"] = run.flow_id
+            if flow_name:
+                env["PREFECT__FLOW_NAME"] = flow_name
+                labels["prefect.io/flow-name"] = flow_name
         if deployment is not None:
             env["PREFECT__DEPLOYMENT_ID"] = deployment.id
             env["PREFECT__DEPLOYMENT_NAME"] = deployment.name
             labels["prefect.io/deployment-id"] = deployment.id
             labels["prefect.io/deployment-name"] = deployment.name
-        if pool is not None:
-            labels["prefect.io/work-pool-name"] = pool.name
-            labels["prefect.io/work-pool-id"] = pool.id
-        labels["prefect.io/worker-name"] = self._worker_name
+            if deployment.updated is not None:
+                labels["prefect.io/deployment-updated"] = deployment.updated.astimezone(UTC).isoformat()
         return RunContext(
             flow_run_id=run.id,
             flow_run_name=run.name,
