@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import anyio
 import typer
+import typer.core
 
 from agent import __version__
 from agent.cli.common import load_settings
@@ -31,6 +32,21 @@ app = typer.Typer(
 )
 
 EMBEDDED_POOL = "local"
+
+
+def _no_flag_type(display: Any) -> Any:
+    """Typer labels every on/off flag `<bool>` in --help (`--help <bool>` too), which reads
+    as if the flag took a value; a flag shows no type."""
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else display(self, ctx)
+
+    return display_type_rich
+
+
+typer.core.TyperOption.display_type_rich = _no_flag_type(  # type: ignore[method-assign]
+    typer.core.TyperOption.display_type_rich
+)
 
 
 def _configure_logs(settings: Settings) -> None:
