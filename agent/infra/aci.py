@@ -143,6 +143,7 @@ class AciRuntime:
     credentials: AciCredentials = field(default_factory=AciCredentials, repr=False)
     start_timeout_seconds: float = 240.0
     keep_container_group: bool = False
+    stream_output: bool = False  # ship the container's output to the run's logs
 
 
 class AciKind:
@@ -203,6 +204,7 @@ class AciKind:
             credentials=config.aci_credentials,
             start_timeout_seconds=float(config.task_start_timeout_seconds),
             keep_container_group=bool(config.keep_container_group),
+            stream_output=bool(config.stream_output),
         )
 
 

@@ -10,9 +10,12 @@ fake issued (or `STATIC_TOKEN`) get 401.
 
 Routes: container group PUT (201 + Azure-AsyncOperation), GET (instance view), DELETE (202 +
 Azure-AsyncOperation), POST stop, list by resource group, async operation status, resource
-group GET (for the location). Test hooks: `terminate`, `fail_after_running`,
-`fail_provisioning`, `stick_waiting` (the last two also at creation, from the container env
-`SCENARIO_ENV`), `list_groups` for cleanup checks.
+group GET (for the location), container logs GET (`tail`, `timestamps`; the answer's shape
+is tests/fixtures/aci/logs.json, after Azure's "Containers - List Logs" reference). Test
+hooks: `terminate`, `fail_after_running`, `fail_provisioning`, `stick_waiting` (the last two
+also at creation, from the container env `SCENARIO_ENV`), `write_output` (lines the
+container prints), `fail_logs` (the logs route answers an error), `list_groups` for cleanup
+checks.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ _GROUP = re.compile(
 _OPERATION = re.compile(
     r"/subscriptions/([^/]+)/providers/Microsoft\.ContainerInstance/locations/[^/]+/operations/([^/]+)$"
 )
+_LOGS = re.compile(
+    r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.ContainerInstance/"
+    r"containerGroups/([^/]+)/containers/([^/]+)/logs$",
+    re.IGNORECASE,
+)
 _RESOURCE_GROUP = re.compile(r"/subscriptions/([^/]+)/resourcegroups/([^/]+)$", re.IGNORECASE)
 _OIDC = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration$")
 _TOKEN = re.compile(r"/([^/]+)/oauth2/v2\.0/token$")
@@ -52,6 +60,11 @@ _TOKEN = re.compile(r"/([^/]+)/oauth2/v2\.0/token$")
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _stamp() -> str:
+    """A log line's time as ACI's `timestamps=true` writes it: RFC 3339, 7 fraction digits, Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
 @dataclass
@@ -71,6 +84,7 @@ class _Group:
     state: dict[str, Any] = field(default_factory=lambda: {"state": "Waiting", "detailStatus": "Pending"})
     events: list[dict[str, Any]] = field(default_factory=list)
     operation: str = ""
+    output: list[tuple[str, str]] = field(default_factory=list)  # (RFC 3339 time, line) printed
 
 
 class AciFake:
@@ -85,6 +99,8 @@ class AciFake:
         self.tokens: set[str] = {STATIC_TOKEN}
         self.client_secrets: dict[str, str] = {}  # client id -> secret accepted at the token endpoint
         self.token_clients: list[str] = []  # client ids that got a token, in order
+        self.log_reads: list[dict[str, str]] = []  # the group and query of every logs call
+        self.logs_fault: tuple[int, str, str] | None = None  # (status, code, message) of the logs route
         self.lock = threading.RLock()
         self._ca = trustme.CA()
         self._dir = Path(tempfile.mkdtemp(prefix="aci-fake-"))
@@ -178,6 +194,18 @@ class AciFake:
             op = self.operations.get(group.operation)
             if op is not None:
                 op.stuck, op.status = True, "InProgress"
+
+    def write_output(self, name: str, *lines: str, at: str | None = None) -> None:
+        """The container prints `lines` (each stamped now, or all at the instant `at`)."""
+        with self.lock:
+            group = self._find(name)
+            for line in lines:
+                group.output.append((at or _stamp(), line))
+
+    def fail_logs(self, status: int, code: str, message: str) -> None:
+        """Every logs call answers this error from now on (status 0: answers again)."""
+        with self.lock:
+            self.logs_fault = (status, code, message) if status else None
 
     # -- internals (called with the lock held) -------------------------------------------------
 
@@ -307,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match := _GROUP.match(path):
                 sub, rg, name, stop = match.groups()
                 self._group(method, sub, rg, name, bool(stop), body)
+            elif (match := _LOGS.match(path)) and method == "GET":
+                self._logs(match.groups(), parse_qs(urlsplit(self.path).query))
             elif (match := _OPERATION.match(path)) and method == "GET":
                 op = fake._poll(match.group(2))
                 if op is None:
@@ -370,6 +400,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(202, None, self._async_headers(sub, op_id))
         else:
             self._send(405, _error("MethodNotAllowed", method))
+
+    def _logs(self, parts: tuple[str, ...], query: dict[str, list[str]]) -> None:
+        fake, key = self.owner, (parts[0], parts[1], parts[2])
+        fake.log_reads.append({"group": parts[2], **{k: v[0] for k, v in query.items()}})
+        group = fake.groups.get(key)
+        containers = (group.body.get("properties") or {}).get("containers", []) if group else []
+        names = [container.get("name") for container in containers]
+        if fake.logs_fault is not None:
+            status, code, message = fake.logs_fault
+            # ARM throttling names its wait; 0 keeps the SDK's own retries of it quick
+            self._send(status, _error(code, message), {"Retry-After": "0"} if status in (429, 503) else None)
+        elif group is None or parts[3] not in names:
+            resource = f"Microsoft.ContainerInstance/containerGroups/{parts[2]}"
+            message = f"The Resource '{resource}' under resource group '{parts[1]}' was not found."
+            self._send(404, _error("ResourceNotFound", message))
+        else:
+            tail = int((query.get("tail") or ["0"])[0]) or None
+            stamped = (query.get("timestamps") or ["false"])[0].lower() == "true"
+            lines = group.output[-tail:] if tail else group.output
+            text = "".join(f"{at} {line}\n" if stamped else f"{line}\n" for at, line in lines)
+            self._send(200, {"content": text})
 
     def _put(self, key: tuple[str, str, str], body: dict[str, Any]) -> None:
         fake = self.owner

@@ -12,6 +12,10 @@ OOM, failed provisioning, start timeout, kill), unless `keep_container_group`; a
 group that never started is stopped instead. ACI has no grace period to configure: a kill
 deletes (or, kept, stops) the group.
 
+Output: with `stream_output` (or a job's own sink: a direct run) the container's log is
+read each round and its new lines emitted once, in order, masked, then drained before the
+group is deleted (`output.py`); an adopted run ships to its flow run's logs the same way.
+
 `find` looks a run's group up by its name, which the kind derives from the flow run id
 (`<flow name slug>-<flow run id>`), in the payload's resource group, and checks the group's
 run id tag or its container's `PREFECT__FLOW_RUN_ID`.
@@ -27,6 +31,7 @@ import anyio
 import anyio.to_thread
 
 from agent.backends.aci.azure import AzureClients, GroupRef, to_backend_error
+from agent.backends.aci.output import Output
 from agent.backends.aci.status import observe, run_ids
 from agent.backends.aci.watch import DELETE_WAIT, AciPlatform, Group
 from agent.backends.base import (
@@ -36,6 +41,7 @@ from agent.backends.base import (
     InfrastructureNotFound,
     Job,
     LaunchError,
+    output_sink,
 )
 from agent.backends.engine import Watched, WatchEngine
 from agent.backends.sdk import SdkCalls
@@ -100,6 +106,7 @@ class AciBackend:
             keep=runtime.keep_container_group,
             start_timeout=runtime.start_timeout_seconds,
             poller=poller,
+            output=_output(job, runtime, _container_name(body)),
         )
         self._engine.track(Watched(handle, state, start_within=runtime.start_timeout_seconds))
         return handle
@@ -215,7 +222,24 @@ class AciBackend:
         ref = GroupRef.parse(handle.pid)
         runtime = handle.runtime if isinstance(handle.runtime, AciRuntime) else None
         client = self._azure.client(ref.subscription_id, None, runtime.credentials if runtime else None)
-        return Group(ref, client, keep=runtime.keep_container_group if runtime else False)
+        streams = runtime is not None and runtime.stream_output
+        output = Output(output_sink(self.kind, handle.flow_run_id)) if streams else None
+        return Group(ref, client, keep=runtime.keep_container_group if runtime else False, output=output)
+
+
+def _output(job: Job[AciRuntime], runtime: AciRuntime, container: str) -> Output | None:
+    """Where the container's output goes: the job's sink (a direct run), else the run's logs
+    when the run asks for it (`stream_output`); None: not read at all."""
+    if job.output is None and not runtime.stream_output:
+        return None
+    return Output(output_sink("aci", job.flow_run_id, job.output), container)
+
+
+def _container_name(body: Mapping[str, Any]) -> str:
+    try:
+        return str(body["properties"]["containers"][0]["name"] or "")
+    except (KeyError, IndexError, TypeError):
+        return ""  # learnt from the group at the first read
 
 
 def _request(payload: Mapping[str, Any]) -> tuple[GroupRef, dict[str, Any]]:

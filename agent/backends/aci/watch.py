@@ -20,6 +20,7 @@ from typing import Any, Final
 from azure.core.exceptions import HttpResponseError
 
 from agent.backends.aci.azure import GroupRef, to_backend_error
+from agent.backends.aci.output import Output
 from agent.backends.aci.status import observe, start_failure
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.engine import Watched
@@ -47,6 +48,7 @@ class Group:
     failed: str | None = None  # the create operation's failure, in Azure's words
     gone: bool = False  # not found any more: nothing to delete or stop
     last_error: str = ""
+    output: Output | None = None  # set when the run ships its container's output
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,23 @@ class AciPlatform:
             state = watched.state
             state.failed = _provisioning_failure(state) or state.failed  # kept until concluded
             try:
-                answer[watched.pid] = Read(group=await self._get(watched))
+                group = await self._get(watched)
             except InfrastructureNotFound:
                 if state.failed is not None:  # the failure says more than "not found"
                     answer[watched.pid] = Read()
+                continue
+            answer[watched.pid] = Read(group=group)
+            if state.output is not None and observe(group).started:  # read after the status: a
+                await self._follow(watched, group, final=False)  # Terminated one's log is whole
         return answer
+
+    async def _follow(self, watched: Watched[Group], group: Any, *, final: bool) -> None:
+        state = watched.state
+        assert state.output is not None
+        if not state.output.container:  # an adopted group: its (first and only) container
+            first = (getattr(group, "containers", None) or [None])[0]
+            state.output.container = str(getattr(first, "name", "") or "")
+        await state.output.follow(self._sdk, state.client, state.ref, watched.flow_run_id, final=final)
 
     async def _get(self, watched: Watched[Group]) -> Any:
         state, ref = watched.state, watched.state.ref
@@ -129,6 +143,8 @@ class AciPlatform:
         state = watched.state
         if state.gone:
             return
+        if state.output is not None and watched.started:  # the last lines, before the log goes
+            await self._follow(watched, None, final=True)
         try:
             if not state.keep:
                 await self.delete(state)

@@ -1,0 +1,146 @@
+"""A container's output, read from ACI's container logs API and emitted once, in order.
+
+ACI keeps a container's log for as long as its group exists and answers it whole (up to
+4 MB) or as its last `tail` lines (`containers.list_logs`), with `timestamps=true` putting
+each line's RFC 3339 time in front of it. There is no offset or token to resume from, so
+each read asks for the last `TAIL` lines (the memory bound) and the cursor is the newest
+emitted line's time plus how many lines of that same instant were emitted: a line older
+than the cursor, or one of the instant's lines already counted, was emitted before. Lines
+of the same instant are told apart by their order, which the log keeps.
+
+Reads run in the watch engine's round (`AciPlatform.read`, after the group's status, so a
+read after a Terminated status holds the last lines) and once more before the group is
+deleted (`drain`). A failed read never touches the run: it is said once in the agent log,
+with the fix when it is a refusal (which also ends further reads); a transient failure is
+retried on the next round, and nothing is lost as long as the container writes fewer than
+`TAIL` lines between two reads (more is said once too).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from agent.backends.aci.azure import GroupRef
+from agent.backends.base import BackendError, InfrastructureNotFound, OutputSink
+from agent.backends.sdk import SdkCalls
+from agent.observe.logging import REDACTOR, get_logger
+from agent.retry import Retryable
+
+__all__ = ["TAIL", "Output", "fresh_lines"]
+
+TAIL: Final = 2000  # lines per read: what one read may hold in memory
+_STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*(Z|[+-]\d\d:?\d\d)(?: |$)")
+_FIX: Final = (
+    "give the agent's Azure identity the action Microsoft.ContainerInstance/containerGroups/containers/"
+    "logs/read (in the Contributor role) on the resource group"
+)
+log = get_logger("agent.backends.aci")
+
+Cursor = tuple[int, int]  # (the newest emitted line's time in ns, lines of that instant emitted)
+
+
+@dataclass
+class Output:
+    """The output of one watched group's container: where it goes and how far it got."""
+
+    emit: OutputSink
+    container: str = ""  # the container's name, learnt from the payload or the group
+    cursor: Cursor | None = None
+    warned: bool = False  # the agent log said once that output is unavailable
+    stopped: bool = False  # refused (or the sink failed): no more reads
+    lost_said: bool = False
+
+    async def follow(self, sdk: SdkCalls, client: Any, ref: GroupRef, run_id: str, *, final: bool) -> None:
+        """Emit the lines written since the last read. `final`: the container has ended and
+        this is the last read, so a transient failure is retried with the agent's policy."""
+        if self.stopped or not self.container:
+            return
+
+        def read() -> str:
+            logs = client.containers.list_logs(
+                ref.resource_group, ref.name, self.container, tail=TAIL, timestamps=True
+            )
+            return str(getattr(logs, "content", "") or "")
+
+        what = f"reading the logs of container {self.container!r}"
+        try:
+            content = await (sdk(read, what) if final else sdk.once(read, what))
+        except InfrastructureNotFound:
+            return  # no log yet (or the group went away): nothing to emit
+        except BackendError as exc:
+            self._unavailable(exc, run_id, refused=not isinstance(exc, Retryable))
+            return
+        lines, lost = fresh_lines(REDACTOR.mask_text(content), self.cursor)  # masked before any cut
+        if lost and not self.lost_said:
+            self.lost_said = True
+            log.warning(
+                f"the container wrote more than {TAIL} lines between two reads; some of its output "
+                "was not shipped (lower the watch interval to read more often)",
+                flow_run_id=run_id,
+            )
+        for stamp, text in lines:
+            self.cursor = stamp
+            if not self._send(text, run_id):
+                return
+
+    def _send(self, text: str, run_id: str) -> bool:
+        line = text.rstrip()
+        if not line:
+            return True
+        try:
+            self.emit(line)
+        except Exception as exc:  # noqa: BLE001 - a sink's failure must not end the watch
+            self.stopped = True
+            log.warning("the output sink failed; no more output is sent", flow_run_id=run_id, error=repr(exc))
+            return False
+        return True
+
+    def _unavailable(self, exc: BackendError, run_id: str, *, refused: bool) -> None:
+        self.stopped = self.stopped or refused
+        if self.warned:
+            return
+        self.warned = True
+        fix = f"; {_FIX}" if refused else "; trying again on the next round"
+        log.warning(
+            f"the container's output is unavailable: {exc}{fix}",
+            flow_run_id=run_id,
+        )
+
+
+def fresh_lines(content: str, cursor: Cursor | None) -> tuple[list[tuple[Cursor, str]], bool]:
+    """The lines of a timestamped log newer than `cursor`, each with the cursor after it, and
+    whether lines may have been lost (a full window that starts after the cursor)."""
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    last, seen = cursor if cursor is not None else (-1, 0)
+    fresh: list[tuple[Cursor, str]] = []
+    instant, count = -1, 0
+    first: int | None = None
+    for raw in lines:
+        stamp, text = _split(raw)
+        stamp = instant if stamp is None else stamp  # a line without a time belongs to the one before
+        first = stamp if first is None else first
+        count = count + 1 if stamp == instant else 1
+        instant = stamp
+        if stamp < last or (stamp == last and count <= seen):
+            continue
+        fresh.append(((stamp, count), text))
+    lost = cursor is not None and len(lines) >= TAIL and first is not None and first > last
+    return fresh, lost
+
+
+def _split(raw: str) -> tuple[int | None, str]:
+    """(the line's time in ns, its text); no time when the line has none."""
+    match = _STAMP.match(raw)
+    if match is None:
+        return None, raw
+    try:
+        seconds = datetime.fromisoformat(match[1] + match[3].replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None, raw
+    fraction = int((match[2] or "0").ljust(9, "0"))
+    return int(seconds) * 1_000_000_000 + fraction, raw[match.end() :]
