@@ -112,58 +112,62 @@ def _read_params(params_json: Path | None, param: Sequence[str]) -> dict[str, An
     return params
 
 
+DeploymentArg = Annotated[str, typer.Argument(help="'flow-name/deployment-name' or the deployment's id.")]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="A parameter, KEY=VALUE (VALUE is JSON if it parses). Repeatable."),
+]
+ParamsJsonOpt = Annotated[
+    Path | None,
+    typer.Option("--params-json", help="A JSON file of parameters ('-' for stdin); --param wins."),
+]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="Start at this time: ISO 8601 (local time without offset) or HH:MM."),
+]
+InOpt = Annotated[str | None, typer.Option("--in", help="Start after this long: 30s, 5m, 5h, 7d, 1h30m.")]
+IdempotencyOpt = Annotated[
+    str | None,
+    typer.Option("--idempotency-key", "-k", help="Runs triggered with the same key are one run."),
+]
+JobVarOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--job-var", "-j", help="Infrastructure override for this run, KEY=VALUE (env.FOO=bar). Repeatable."
+    ),
+]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag for the run. Repeatable.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="The run's name.")]
+QueueOpt = Annotated[str | None, typer.Option("--queue", help="Another work queue of the pool.")]
+WatchOpt = Annotated[
+    bool, typer.Option("--watch", "-w", metavar="", help="Wait for the run to end; exit with its outcome.")
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        help="Watch at most this many seconds (implies --watch); exit 3 if not done. "
+        "--timeout 0 looks once and exits 3 unless the run already ended (unlike "
+        "run_deployment(timeout=0)); to not wait at all, give neither --watch nor --timeout.",
+    ),
+]
+PollOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between status reads.")]
+
+
 def run_command(
-    deployment: Annotated[str, typer.Argument(help="'flow-name/deployment-name' or the deployment's id.")],
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param", "-p", help="A parameter, KEY=VALUE (VALUE is JSON if it parses). Repeatable."
-        ),
-    ] = None,
-    params_json: Annotated[
-        Path | None,
-        typer.Option("--params-json", help="A JSON file of parameters ('-' for stdin); --param wins."),
-    ] = None,
-    at: Annotated[
-        str | None,
-        typer.Option("--at", help="Start at this time: ISO 8601 (local time without offset) or HH:MM."),
-    ] = None,
-    in_: Annotated[
-        str | None, typer.Option("--in", help="Start after this long: 30s, 5m, 5h, 7d, 1h30m.")
-    ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option("--idempotency-key", "-k", help="Runs triggered with the same key are one run."),
-    ] = None,
-    job_var: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--job-var",
-            "-j",
-            help="Infrastructure override for this run, KEY=VALUE (env.FOO=bar). Repeatable.",
-        ),
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", "-t", help="A tag for the run. Repeatable.")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="The run's name.")] = None,
-    queue: Annotated[str | None, typer.Option("--queue", help="Another work queue of the pool.")] = None,
-    watch: Annotated[
-        bool,
-        typer.Option("--watch", "-w", metavar="", help="Wait for the run to end; exit with its outcome."),
-    ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            help="Watch at most this many seconds (implies --watch); exit 3 if not done. "
-            "--timeout 0 looks once and exits 3 unless the run already ended (unlike "
-            "run_deployment(timeout=0)); to not wait at all, give neither --watch nor --timeout.",
-        ),
-    ] = None,
-    poll_interval: Annotated[
-        float, typer.Option("--poll-interval", help="Seconds between status reads.")
-    ] = 2.0,
+    deployment: DeploymentArg,
+    param: ParamOpt = None,
+    params_json: ParamsJsonOpt = None,
+    at: AtOpt = None,
+    in_: InOpt = None,
+    idempotency_key: IdempotencyOpt = None,
+    job_var: JobVarOpt = None,
+    tag: TagOpt = None,
+    name: NameOpt = None,
+    queue: QueueOpt = None,
+    watch: WatchOpt = False,
+    timeout: TimeoutOpt = None,
+    poll_interval: PollOpt = 2.0,
 ) -> None:
     """Trigger a run of a deployment; with --watch, follow it and exit with its outcome.
 
@@ -179,7 +183,6 @@ def run_command(
 
     4 could not trigger or watch it (unknown deployment, server error)
     """
-    parameters = _read_params(params_json, param or [])
     try:
         job_variables = parse_assignments(job_var or [], what="--job-var") if job_var else None
         scheduled = parse_start(at, in_)
@@ -187,21 +190,19 @@ def run_command(
         raise bad(str(exc)) from None
     if timeout is not None and timeout < 0:
         raise bad("--timeout cannot be negative")
+    trigger: dict[str, Any] = dict(
+        parameters=_read_params(params_json, param or []),
+        scheduled_time=scheduled,
+        idempotency_key=idempotency_key,
+        tags=tag or None,
+        job_variables=job_variables,
+        flow_run_name=name,
+        work_queue_name=queue,
+    )
     following = watch or timeout is not None
 
     async def main(client: PrefectClient) -> int:
-        run = await arun_deployment(
-            deployment,
-            parameters=parameters,
-            scheduled_time=scheduled,
-            timeout=0,
-            idempotency_key=idempotency_key,
-            tags=tag or None,
-            job_variables=job_variables,
-            flow_run_name=name,
-            work_queue_name=queue,
-            client=client,
-        )
+        run = await arun_deployment(deployment, timeout=0, client=client, **trigger)
         out.print(
             f"Flow run [bold]{run.name}[/] ({run.id}) of {deployment}: {run.state_label}"
             + (f", starts {when(run.expected_start_time)}" if scheduled is not None else "")
@@ -210,17 +211,21 @@ def run_command(
             err.print(f"[dim]{url}[/]")
         if not following:
             return 0
-        final = await _watch(client, run, limit=timeout, poll_interval=poll_interval)
-        line = Text.assemble(f"Flow run {final.name} ({final.id}) ", state_text(final))
-        if final.state and final.state.message:
-            line.append(f": {final.state.message}")
-        code = exit_code_for(final)
-        if not final.is_final:
-            line.append(f" (still not finished after {timeout:g}s)" if timeout is not None else "")
-        out.print(line)
-        return code
+        return await _follow(client, run, timeout, poll_interval)
 
     raise typer.Exit(run_with_client(main))
+
+
+async def _follow(client: PrefectClient, run: RunInfo, limit: float | None, poll_interval: float) -> int:
+    """Watch the run to its end (or `limit` seconds), print how it ended, and its exit code."""
+    final = await _watch(client, run, limit=limit, poll_interval=poll_interval)
+    line = Text.assemble(f"Flow run {final.name} ({final.id}) ", state_text(final))
+    if final.state and final.state.message:
+        line.append(f": {final.state.message}")
+    if not final.is_final and limit is not None:
+        line.append(f" (still not finished after {limit:g}s)")
+    out.print(line)
+    return exit_code_for(final)
 
 
 async def _watch(
