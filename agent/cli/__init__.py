@@ -76,54 +76,63 @@ def _first(group: BaseException) -> BaseException:
     return group
 
 
+PoolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pool",
+        "-p",
+        help="Work pool to serve (repeatable). (env: FLOW_AGENT_POOLS, comma-separated; "
+        "default: local, with the embedded server)",
+    ),
+]
+QueueOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queue", "-q", help="Only these queues (repeatable). (env: FLOW_AGENT_QUEUES; default: all)"
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(help="Most flow runs in flight at once. (env: FLOW_AGENT_LIMIT; default: no limit)"),
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Worker name shown in the Prefect UI. (env: FLOW_AGENT_NAME; default: flow-agent-HOSTNAME)"
+    ),
+]
+PollOpt = Annotated[
+    float | None, typer.Option(help="Seconds between polls. (env: FLOW_AGENT_POLL_INTERVAL; default: 5)")
+]
+HealthPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve /healthz, /readyz and /metrics on this port. (env: FLOW_AGENT_HEALTH_PORT; default: off)"
+    ),
+]
+LogFormatOpt = Annotated[
+    str | None, typer.Option(help="auto, json or console. (env: FLOW_AGENT_LOG_FORMAT; default: auto)")
+]
+CreatePoolsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--create-pools/--no-create-pools",
+        metavar="",
+        help="Create missing pools. (env: FLOW_AGENT_CREATE_POOLS; default: create)",
+    ),
+]
+
+
 @app.command()
 def start(
-    pool: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--pool",
-            "-p",
-            help="Work pool to serve (repeatable). (env: FLOW_AGENT_POOLS, comma-separated; "
-            "default: local, with the embedded server)",
-        ),
-    ] = None,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--queue", "-q", help="Only these queues (repeatable). (env: FLOW_AGENT_QUEUES; default: all)"
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option(help="Most flow runs in flight at once. (env: FLOW_AGENT_LIMIT; default: no limit)"),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="Worker name shown in the Prefect UI. (env: FLOW_AGENT_NAME; default: flow-agent-HOSTNAME)"
-        ),
-    ] = None,
-    poll_interval: Annotated[
-        float | None, typer.Option(help="Seconds between polls. (env: FLOW_AGENT_POLL_INTERVAL; default: 5)")
-    ] = None,
-    health_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve /healthz, /readyz and /metrics on this port. "
-            "(env: FLOW_AGENT_HEALTH_PORT; default: off)"
-        ),
-    ] = None,
-    log_format: Annotated[
-        str | None, typer.Option(help="auto, json or console. (env: FLOW_AGENT_LOG_FORMAT; default: auto)")
-    ] = None,
-    create_pools: Annotated[
-        bool | None,
-        typer.Option(
-            "--create-pools/--no-create-pools",
-            metavar="",
-            help="Create missing pools. (env: FLOW_AGENT_CREATE_POOLS; default: create)",
-        ),
-    ] = None,
+    pool: PoolOpt = None,
+    queue: QueueOpt = None,
+    limit: LimitOpt = None,
+    name: NameOpt = None,
+    poll_interval: PollOpt = None,
+    health_port: HealthPortOpt = None,
+    log_format: LogFormatOpt = None,
+    create_pools: CreatePoolsOpt = None,
 ) -> None:
     """Serve work pools: claim their scheduled flow runs and launch them."""
     settings = load_settings(
