@@ -67,6 +67,12 @@ class Metrics:
         self._claimed = Counter(
             "flow_agent_runs_claimed", "Flow runs claimed (PENDING accepted).", ["pool"], registry=r
         )
+        self._claims_lost = Counter(
+            "flow_agent_claims_lost",
+            "Claims lost: another agent claimed the run first (or the poll was stale).",
+            ["pool"],
+            registry=r,
+        )
         self._launched = Counter(
             "flow_agent_runs_launched",
             "Flow runs whose infrastructure was launched.",
@@ -130,6 +136,9 @@ class Metrics:
 
     def claimed(self, pool: str) -> None:
         self._claimed.labels(pool=_pool(pool)).inc()
+
+    def claim_lost(self, pool: str) -> None:
+        self._claims_lost.labels(pool=_pool(pool)).inc()
 
     def launched(self, kind: str, seconds: float) -> None:
         """A run's infrastructure exists and its pid is reported, `seconds` after the claim."""

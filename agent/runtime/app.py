@@ -128,6 +128,7 @@ class Agent:
             prefetch=settings.prefetch_seconds,
             claim_concurrency=settings.claim_concurrency,
             metrics=self.metrics,
+            worker_name=settings.name,
             claim_message=self.owner.claim_message(),
         )
         self.reconciler = Reconciler(

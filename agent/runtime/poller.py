@@ -9,6 +9,10 @@ loop polls again at its interval. Claims retry until answered, never sleeping lo
 one interval, so after an outage the first claim comes within two intervals of the
 server's return. A stop ends the retry sleeps of polls and claims at once.
 
+Many agents on one pool share its runs instead of racing for them (agent/runtime/claims.py):
+each polls a page wide enough for its share, claims its own share first, takes over another
+agent's runs only after a grace, and backs off when it loses a race.
+
 Once per interval the poller also looks at the backlog of each pool (due runs not yet
 claimed, and how late the oldest is) for `/metrics`; when due runs wait because this
 agent's `--limit` is full, it says so once per episode, in its log and in a metric.
@@ -30,6 +34,7 @@ from agent.api.backlog import read_backlog
 from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
 from agent.retry import Interrupted, retry_scope
+from agent.runtime.claims import SERVER_PAGE, Claim, Spread
 from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
@@ -38,8 +43,12 @@ __all__ = ["Poller"]
 
 log = get_logger("agent.runtime.poller")
 
-_SERVER_PAGE = 200  # the server's default limit when we ask for "all"
 _BACKLOG_EVERY = 5.0  # seconds at least between looks at the backlog (two requests per pool)
+# Another agent's run is taken over once seen waiting this many poll intervals: its owner
+# polls at the same interval (jittered ±10 %), so a live owner has had a poll of its own.
+_GRACE_INTERVALS = 1.5
+_SUSPEND_SECONDS = 60.0  # an owner that left its share: counted out this long (at least)
+_PEERS_EVERY = 10.0  # seconds at least between reads of a pool's worker rows
 
 
 class Poller:
@@ -55,6 +64,7 @@ class Poller:
         prefetch: float,
         claim_concurrency: int,
         metrics: Metrics,
+        worker_name: str,
         claim_message: str | None = None,
     ) -> None:
         self._api = api
@@ -67,6 +77,12 @@ class Poller:
         self._interval = interval
         self._prefetch = prefetch
         self._claims = anyio.CapacityLimiter(claim_concurrency)
+        self.spread = Spread(
+            worker_name,
+            grace=_GRACE_INTERVALS * interval,
+            suspend=max(_SUSPEND_SECONDS, 10 * interval),
+            refresh_every=max(_PEERS_EVERY, 2 * interval),
+        )
         self.last_poll: float | None = None  # monotonic time of the last successful poll
         self.claimed = 0
         self.claiming = False  # a batch of claims is in progress
@@ -98,18 +114,36 @@ class Poller:
                     await first_completed(stop.wait, self._wake.wait)
 
     async def poll_once(self, stop: anyio.Event, runs: TaskGroup) -> bool:
-        """One pass over every pool; True if some pool returned a full page."""
-        full = False
+        """One pass over every pool; True to poll again at once: a pool returned a full page
+        and we claimed from it, or we backed off from a race and should look again."""
+        again = False
         for name in self._pools.names:
             free = self._slots.free
             if free == 0 or stop.is_set():
                 break
-            scheduled = await self._poll_pool(name, free, stop)
+            await self._look_at_peers(name, stop)
+            limit = self.spread.page_limit(name, free)
+            scheduled = await self._poll_pool(name, limit, stop)
             if scheduled is None:
                 continue
-            full |= len(scheduled) >= (free or _SERVER_PAGE)
-            await self._claim_all(scheduled, stop, runs)
-        return full
+            won = await self._claim_all(name, self.spread.plan(name, scheduled), stop, runs)
+            full = len(scheduled) >= (limit or SERVER_PAGE)
+            # a full page of runs all left to others (a dead peer's backlog) is no reason to hurry
+            again |= self.spread.backing_off(name) or (full and won > 0)
+        return again
+
+    async def _look_at_peers(self, name: str, stop: anyio.Event) -> None:
+        """Read who else serves the pool (its live worker rows), now and then or when a lost
+        race says our view is old. A failed read keeps the view we have."""
+        if not self.spread.wants_workers(name):
+            return
+        try:
+            with retry_scope(stop=stop, budget=0):  # the next poll is the retry
+                workers = await self._api.read_workers(name)
+        except (ApiError, Interrupted) as exc:
+            log.debug("could not read the pool's workers", pool=name, error=str(exc))
+            return
+        self.spread.saw_workers(name, workers)
 
     async def look_at_backlog(self, stop: anyio.Event, *, force: bool = False) -> None:
         """Due runs per pool into the metrics, at most every interval (5 s at least); whether they
@@ -176,21 +210,25 @@ class Poller:
         except (TransientError, Interrupted) as exc:
             log.warning("could not recreate the pool; trying at the next poll", pool=name, error=str(exc))
 
-    async def _claim_all(self, scheduled: list[ScheduledRun], stop: anyio.Event, runs: TaskGroup) -> None:
-        self.claiming = bool(scheduled)
+    async def _claim_all(self, pool: str, plan: list[Claim], stop: anyio.Event, runs: TaskGroup) -> int:
+        """Claim the plan's runs (bounded concurrency); how many we won."""
+        before = self.claimed
+        self.claiming = bool(plan)
         try:
             async with anyio.create_task_group() as claims:
-                for item in scheduled:
+                for claim in plan:
                     if stop.is_set() or not self._slots.try_take():
                         break
-                    claims.start_soon(self._claim, item, stop, runs)
+                    claims.start_soon(self._claim, pool, claim, stop, runs)
         finally:
             self.claiming = False
+        return self.claimed - before
 
-    async def _claim(self, item: ScheduledRun, stop: anyio.Event, runs: TaskGroup) -> None:
-        run = item.flow_run
+    async def _claim(self, pool_name: str, claim: Claim, stop: anyio.Event, runs: TaskGroup) -> None:
+        item, run = claim.item, claim.item.flow_run
         async with self._claims:
-            if stop.is_set():  # stopping: claim nothing more
+            # stopping: claim nothing more; or a race lost meanwhile changed the plan
+            if stop.is_set() or not self.spread.still_wanted(pool_name, claim):
                 self._slots.release()
                 return
             try:
@@ -212,8 +250,11 @@ class Poller:
                 return
         if not result.claimed:
             self._slots.release()
+            self.spread.lost(pool_name, claim)
+            self._metrics.claim_lost(pool_name)
             log.debug("run taken by someone else", flow_run_id=run.id, reason=result.reason)
             return
+        self.spread.won(pool_name, claim)
         pool = self._pools.by_id(item.work_pool_id)
         if pool is None:  # cannot happen for runs we polled, but never launch blind
             self._slots.release()

@@ -1,0 +1,206 @@
+"""Many agents on one pool: which runs of a polled page this agent claims, and when.
+
+Every agent polls the same page (the server sorts due runs the same way for everyone), so
+N agents claiming the page in its order race for the same runs, and N-1 of every N claims
+are lost: writes that cost the server as much as a won claim, for nothing. More agents then
+drain a pool more slowly than one.
+
+So each run has one owner among the pool's live agents: the agent with the highest
+rendezvous hash of (run id, agent name). Every agent works it out alone from the pool's
+worker rows (the heartbeats), so the agents agree without talking, and an agent that joins
+or leaves moves only its own share. An agent claims its own share at once, in page order,
+and polls a page wide enough for its share to fill its free slots.
+
+Fallback: a run of another agent's share is taken over once this agent has seen it wait
+`grace` seconds, so no run waits long on a dead agent, a full one, or one that serves
+other queues. The owner that left it is then counted out for `suspend` seconds, so its
+share is spread among the others instead of being taken over run by run.
+
+Backing off: losing a run of our own share means an agent we do not know is claiming (it
+just started, or our view is old): the rest of the batch is not claimed, the worker rows
+are read again and the pool polled again. Losing a taken-over run means its owner is alive
+after all: the rest of its share waits another grace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from agent.api.models import ScheduledRun, Worker
+from agent.observe.logging import get_logger
+from agent.runtime.ownership import STALE_HEARTBEATS, SWEEP_SECONDS
+
+__all__ = ["Claim", "Spread", "live_agents", "owner", "score"]
+
+log = get_logger("agent.runtime.claims")
+
+SERVER_PAGE = 200  # the most runs get_scheduled_flow_runs returns (the server's default limit)
+
+
+def score(run_id: str, agent: str) -> int:
+    """The rendezvous weight of `agent` for `run_id`: stable across processes and hosts."""
+    digest = hashlib.blake2b(f"{run_id}\x00{agent}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(run_id: str, agents: Iterable[str]) -> str:
+    """The agent whose share `run_id` is in (ties, which need equal hashes, go by name)."""
+    return max(agents, key=lambda agent: (score(run_id, agent), agent))
+
+
+def live_agents(workers: Iterable[Worker], now: datetime) -> set[str]:
+    """The names of the worker rows still heartbeating (the same rule as ownership's)."""
+    alive = set()
+    for worker in workers:
+        if worker.last_heartbeat_time is None or (worker.status or "").upper() == "OFFLINE":
+            continue
+        interval = float(worker.heartbeat_interval_seconds or 30)
+        if (now - worker.last_heartbeat_time).total_seconds() <= STALE_HEARTBEATS * interval + SWEEP_SECONDS:
+            alive.add(worker.name)
+    return alive
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run to claim, whose share it is in, and whether claiming it takes it over."""
+
+    item: ScheduledRun
+    owner: str
+    takeover: bool
+
+    @property
+    def run_id(self) -> str:
+        return self.item.flow_run.id
+
+
+@dataclass
+class _PoolView:
+    peers: frozenset[str] = frozenset()
+    read_at: float | None = None  # when the worker rows were last read
+    stale: bool = True  # read them before the next poll
+    backing_off: bool = False  # an own-share claim of this batch was lost
+    first_seen: dict[str, float] = field(default_factory=dict)  # others' runs: when we saw them
+    suspended: dict[str, float] = field(default_factory=dict)  # agent -> counted out until
+
+
+class Spread:
+    """The spreading rules for one agent (`me`, its worker name), per pool. No I/O: the
+    poller reads the worker rows and hands them in with `saw_workers`."""
+
+    def __init__(
+        self,
+        me: str,
+        *,
+        grace: float,
+        suspend: float,
+        refresh_every: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.me = me
+        self._grace = grace
+        self._suspend = suspend
+        self._refresh_every = refresh_every
+        self._clock = clock
+        self._views: dict[str, _PoolView] = {}
+        self.lost_races = 0  # claims lost to another agent (or to a stale page), all pools
+        self.taken_over = 0  # runs of another agent's share claimed after the grace
+
+    def _view(self, pool: str) -> _PoolView:
+        return self._views.setdefault(pool, _PoolView())
+
+    def agents(self, pool: str) -> set[str]:
+        """Who shares the pool's runs now: the live peers not counted out, and this agent."""
+        view = self._view(pool)
+        now = self._clock()
+        for name, until in list(view.suspended.items()):
+            if until <= now:
+                del view.suspended[name]
+        return {name for name in view.peers if name not in view.suspended} | {self.me}
+
+    # -- the worker rows -------------------------------------------------------------------------
+
+    def wants_workers(self, pool: str) -> bool:
+        view = self._view(pool)
+        return view.stale or view.read_at is None or self._clock() - view.read_at >= self._refresh_every
+
+    def saw_workers(self, pool: str, workers: Iterable[Worker], now: datetime | None = None) -> None:
+        view = self._view(pool)
+        peers = frozenset(live_agents(workers, now or datetime.now(UTC)))
+        if peers - {self.me} != view.peers - {self.me}:
+            log.debug("agents sharing the pool", pool=pool, agents=sorted(peers | {self.me}))
+        view.peers, view.read_at, view.stale = peers, self._clock(), False
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def page_limit(self, pool: str, free: int | None) -> int | None:
+        """How many runs to ask for: enough that our share of the page fills our free slots."""
+        if free is None:
+            return None
+        # the server answers 422 to a limit above its page size
+        return min(free * len(self.agents(pool)), SERVER_PAGE)
+
+    def plan(self, pool: str, page: list[ScheduledRun]) -> list[Claim]:
+        """What to claim of `page`, in order: our own share, then the takeovers that are due."""
+        view = self._view(pool)
+        view.backing_off = False
+        agents = self.agents(pool)
+        now = self._clock()
+        seen, mine, others = view.first_seen, [], []
+        view.first_seen = {}
+        for item in page:
+            run_id = item.flow_run.id
+            share = owner(run_id, agents)
+            if share == self.me:
+                mine.append(Claim(item, share, takeover=False))
+                continue
+            view.first_seen[run_id] = first = seen.get(run_id, now)
+            if now - first >= self._grace:
+                others.append(Claim(item, share, takeover=True))
+        return mine + others
+
+    def still_wanted(self, pool: str, claim: Claim) -> bool:
+        """Checked just before each claim: the batch's losses so far may have changed our mind."""
+        view = self._view(pool)
+        if not claim.takeover:
+            return not view.backing_off
+        first = view.first_seen.get(claim.run_id)
+        return first is not None and self._clock() - first >= self._grace
+
+    def won(self, pool: str, claim: Claim) -> None:
+        if not claim.takeover:
+            return
+        self.taken_over += 1
+        view = self._view(pool)
+        view.first_seen.pop(claim.run_id, None)
+        if claim.owner in view.suspended:
+            return
+        # its owner left it for a whole grace: spread its share among the others for a while
+        view.suspended[claim.owner] = self._clock() + self._suspend
+        log.info(
+            "an agent did not claim its share of the pool's runs in time; sharing it out",
+            pool=pool,
+            agent=claim.owner,
+            waited=f"{self._grace:g} s",
+            for_seconds=f"{self._suspend:g}",
+        )
+
+    def lost(self, pool: str, claim: Claim) -> None:
+        self.lost_races += 1
+        view = self._view(pool)
+        if not claim.takeover:
+            # someone we do not know claims our share: stop this batch, look again
+            view.backing_off = view.stale = True
+            return
+        # its owner is alive after all: the rest of its share waits another grace
+        now = self._clock()
+        agents = self.agents(pool)
+        for run_id in view.first_seen:
+            if owner(run_id, agents) == claim.owner:
+                view.first_seen[run_id] = now
+
+    def backing_off(self, pool: str) -> bool:
+        return self._view(pool).backing_off
