@@ -266,6 +266,7 @@ def version() -> None:
 
 def _mount() -> None:
     from agent.cli.blocks import blocks_app, deployment_app
+    from agent.cli.infra import infra_app
     from agent.cli.runs import flow_runs_app, run_command
     from agent.cli.status import status_command
     from agent.cli.why import why_command
@@ -276,6 +277,7 @@ def _mount() -> None:
     app.add_typer(flow_runs_app, name="flow-runs")
     app.add_typer(blocks_app, name="blocks")
     app.add_typer(deployment_app, name="deployment")
+    app.add_typer(infra_app, name="infra")
 
 
 _mount()
