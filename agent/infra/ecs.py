@@ -71,6 +71,7 @@ class EcsRuntime:
     container_name: str = DEFAULT_CONTAINER  # the flow's container: its exit code is the run's
     task_start_timeout_seconds: float = 0.0  # a task not RUNNING by then is stopped; 0: no limit
     auto_deregister_task_definition: bool = False  # a new revision retires our older ones
+    stream_output: bool = False  # the flow container's CloudWatch (awslogs) lines go to the run's log
 
 
 class _EcsTaskBlock(BaseModel):
@@ -165,6 +166,7 @@ class EcsKind:
             container_name=container_name(config, td),
             task_start_timeout_seconds=float(config.task_start_timeout_seconds),
             auto_deregister_task_definition=config.auto_deregister_task_definition,
+            stream_output=bool(config.stream_output),
         )
 
 

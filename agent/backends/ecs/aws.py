@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -62,6 +62,7 @@ _CONFIG_ERRORS = (
     botocore.exceptions.ProfileNotFound,
 )
 _ASSUMED_LIFETIME = 3000.0  # seconds; STS credentials last an hour, renew well before
+_LOGS_LOCK = threading.Lock()  # boto3 sessions are not thread safe: one client made at a time
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,20 @@ class Aws:
     ecs: Any
     ec2: Any
     expires: float = float("inf")
+    session: Any = field(default=None, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    _logs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def logs(self, region: str | None = None) -> Any:
+        """The CloudWatch Logs client of `region` (an awslogs group may live in another
+        region than the cluster); made once per region, in the calling worker thread."""
+        region = region or self.region
+        with _LOGS_LOCK:
+            if region not in self._logs:
+                if self.session is None:
+                    raise botocore.exceptions.NoRegionError()
+                self._logs[region] = self.session.client("logs", region_name=region, **self.options)
+            return self._logs[region]
 
 
 def translate(exc: BaseException, what: str) -> BackendError:
@@ -151,7 +166,7 @@ class AwsClients:
             options = _client_options(params)
             ecs = session.client("ecs", **options)
             ec2 = session.client("ec2", **options)
-        return Aws(key, region, ecs, ec2, expires)
+        return Aws(key, region, ecs, ec2, expires, session=session, options=options)
 
 
 def _secret(value: Any) -> str | None:

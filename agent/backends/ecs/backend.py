@@ -11,6 +11,10 @@ Wait: the one watch engine with ECS's platform (watch.py). Outcome: the flow con
 exit code; OOM when its `reason` says OutOfMemoryError (even with exit code 0) or the code
 is 137; `stopCode` and `stoppedReason` in the detail. Kill: `StopTask` with a reason; ECS
 sends SIGTERM and SIGKILL after the container's `stopTimeout`, so `grace` is not ours.
+
+Output (`stream_output`, or a job with its own `output` sink): the flow container's
+CloudWatch Logs stream, followed while the task runs and drained before the outcome is
+reported (output.py); an adopted run's lines go to its flow run's log like a launched one's.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from agent.backends.base import (
     InfrastructureNotFound,
     Job,
     LaunchError,
+    OutputSink,
+    output_sink,
 )
 from agent.backends.ecs.aws import Aws, AwsClients, translate
 from agent.backends.ecs.lookup import find_task, run_marker
+from agent.backends.ecs.output import TaskOutput
 from agent.backends.ecs.taskdefs import TaskDefinitions
 from agent.backends.ecs.watch import KILL_REASON, EcsPlatform, TaskState, task_outcome
 from agent.backends.engine import Watched, WatchEngine
@@ -57,6 +64,8 @@ class EcsBackend:
             "ecs", EcsPlatform(self._sdk), interval=options.watch_interval, retry=options.retry
         )
         self._subnets: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        self._interval = options.watch_interval
+        self._definitions: dict[str, Mapping[str, Any]] = {}  # by ARN, for the output's log streams
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -94,8 +103,26 @@ class EcsBackend:
         log.info("created ECS task", task=arn, task_definition=task.get("taskDefinitionArn"))
         state = TaskState(aws, cluster, arn, container=runtime.container_name)
         start_within = runtime.task_start_timeout_seconds or None
-        self._engine.track(Watched(handle, state, start_within=start_within))
+        watched = self._engine.track(Watched(handle, state, start_within=start_within))
+        if job.output is not None or runtime.stream_output:  # a direct run always wants output
+            emit = output_sink(self.kind, job.flow_run_id, job.output)
+            self._follow_output(watched, emit, str(task.get("taskDefinitionArn") or ""))
         return handle
+
+    def _follow_output(self, watched: Watched[TaskState], emit: OutputSink, definition: str = "") -> None:
+        """Follow the task's CloudWatch stream in the engine's task group until its end
+        is concluded; the platform's `clean_up` drains the rest (output.py)."""
+        state = watched.state
+        if state.output is not None:
+            return
+        output = TaskOutput(self._sdk, self._definitions, emit, watched.flow_run_id, interval=self._interval)
+        output.task_definition_arn = definition  # else the first DescribeTasks names it
+        state.output = output
+
+        def alive() -> bool:
+            return not watched.ending and self._engine.get(watched.pid) is watched
+
+        self._engine.spawn(lambda: output.follow(state.aws, state.container, state.task_arn, alive))
 
     async def _run_task(
         self, aws: Aws, request: dict[str, Any], td: Mapping[str, Any] | None, deregister: bool
@@ -173,7 +200,11 @@ class EcsBackend:
     async def _watch_foreign(self, handle: Handle) -> Watched[TaskState]:
         """A task this agent did not launch (before a restart, found by `find`): no start
         deadline, as its age is unknown."""
-        return self._engine.track(Watched(handle, await self._state_of(handle)))
+        watched = self._engine.track(Watched(handle, await self._state_of(handle)))
+        runtime = handle.runtime if isinstance(handle.runtime, EcsRuntime) else None
+        if runtime is not None and runtime.stream_output:  # shipped to its run's log, as if launched here
+            self._follow_output(watched, output_sink(self.kind, handle.flow_run_id))
+        return watched
 
     async def _state_of(self, handle: Handle) -> TaskState:
         """A task's state from its pid, with the run's credentials when the handle has them

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.ecs.aws import Aws
+from agent.backends.ecs.output import TaskOutput
 from agent.backends.engine import Watched
 from agent.backends.sdk import SdkCalls
 from agent.observe.logging import get_logger
@@ -46,6 +47,7 @@ class TaskState:
     container: str | None = None  # the flow's container; None: "prefect", else the first
     status: str = ""  # the last lastStatus seen
     hint: str = ""  # the last container reason seen while the task was not running
+    output: TaskOutput | None = None  # the container's output follower, when output is wanted
 
 
 def _container(task: Mapping[str, Any], name: str | None) -> Mapping[str, Any]:
@@ -145,6 +147,8 @@ class EcsPlatform:
             state.status = last
         if last in _STARTED or status.get("startedAt"):
             watched.started = True
+        if state.output is not None and not state.output.task_definition_arn:
+            state.output.task_definition_arn = str(status.get("taskDefinitionArn") or "")
         reason = _container(status, state.container).get("reason")
         if reason and not watched.started:
             state.hint = f"container reason: {reason}"
@@ -174,4 +178,8 @@ class EcsPlatform:
         return None
 
     async def clean_up(self, watched: Watched[TaskState], outcome: Outcome) -> None:
-        """Nothing: ECS forgets a stopped task by itself; task definitions are reused."""
+        """The output's last lines, before the waiter wakes. Nothing to delete: ECS forgets
+        a stopped task by itself; task definitions are reused."""
+        state = watched.state
+        if state.output is not None:
+            await state.output.drain(state.aws, state.container, state.task_arn)
