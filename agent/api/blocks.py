@@ -7,10 +7,18 @@ Python client does): a masked `"********"` would silently become a container's p
 Registration follows Prefect's own `Block.register_type_and_schema` (protocol reference
 §8): the block type is read by slug and created or patched; the schema is POSTed and the
 server answers with the existing row when the same fields and version are known already.
+
+Two server habits make that unsafe next to Prefect's collections, whose types can share a
+name with ours (prefect-kubernetes' `k8s-job` is "Kubernetes Job", like our `kubernetes-job`):
+`POST /block_types/` reads the new row back by *name*, so it may answer with the other type;
+and `POST /block_schemas/` dedups on checksum and version *whatever the block type*, so a
+schema once filed under the wrong type keeps coming back. Every answer is checked against
+our slug and our type id, and a misfiled schema is repaired (see `_own_schema`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +26,7 @@ from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from agent.api.client import PrefectClient
-from agent.api.errors import NotFound
+from agent.api.errors import Conflict, NotFound
 from agent.api.models import FILTER_PAGE
 
 __all__ = [
@@ -31,6 +39,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = "non-versioned"  # Prefect's DEFAULT_BLOCK_SCHEMA_VERSION
+# Only for a schema whose usual row is held by another block type and used by its documents.
+SIDESTEP_VERSION: Final = "non-versioned+flow-agent"
 _TYPE_FIELDS: Final = ("logo_url", "documentation_url", "description", "code_example")
 
 
@@ -59,7 +69,8 @@ class Registration:
     block_type_id: str
     block_schema_id: str
     block_type: Literal["created", "updated", "unchanged"]
-    block_schema: Literal["created", "unchanged"]
+    # "repaired": the schema had been filed under another block type (see `_own_schema`).
+    block_schema: Literal["created", "unchanged", "repaired"]
 
 
 # -- block documents ----------------------------------------------------------------------------
@@ -117,6 +128,14 @@ async def _schema_ids(client: PrefectClient, block_type_id: str) -> set[str]:
     return {s["id"] for s in await client.request("POST", "/block_schemas/filter", json=body) or []}
 
 
+async def _block_type_by_slug(client: PrefectClient, slug: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = await client.request("GET", f"/block_types/slug/{quote(slug, safe='')}")
+    except NotFound:
+        return None
+    return found
+
+
 async def _upsert_block_type(
     client: PrefectClient, spec: BlockTypeSpec
 ) -> tuple[dict[str, Any], Literal["created", "updated", "unchanged"]]:
@@ -126,11 +145,19 @@ async def _upsert_block_type(
         "description": spec.description,
         "code_example": spec.code_example,
     }
-    try:
-        existing: dict[str, Any] = await client.request("GET", f"/block_types/slug/{spec.slug}")
-    except NotFound:
+    existing = await _block_type_by_slug(client, spec.slug)
+    if existing is None:
         body = {"name": spec.name, "slug": spec.slug, **wanted}
-        created: dict[str, Any] = await client.request("POST", "/block_types/", json=body)
+        try:
+            answer: dict[str, Any] = await client.request("POST", "/block_types/", json=body)
+        except Conflict:  # created meanwhile (another registration, or a retried POST)
+            answer = {}
+        # The server answers with the first type of that *name*: only the slug is unique.
+        if answer.get("slug") == spec.slug:
+            return answer, "created"
+        created = await _block_type_by_slug(client, spec.slug)
+        if created is None:
+            raise NotFound(f"block type {spec.slug!r} is missing right after it was created", status=404)
         return created, "created"
     if all(existing.get(k) == wanted[k] for k in _TYPE_FIELDS):
         return existing, "unchanged"
@@ -194,11 +221,51 @@ async def register_block_type_and_schema(client: PrefectClient, spec: BlockTypeS
         "capabilities": list(spec.capabilities),
         "version": SCHEMA_VERSION,
     }
-    schema = await client.request("POST", "/block_schemas/", json=body)
+    schema, deleted_misfiled = await _own_schema(client, body)
+    if schema["id"] in known:
+        action: Literal["created", "unchanged", "repaired"] = "unchanged"
+    else:
+        action = "repaired" if deleted_misfiled else "created"
     return Registration(
         slug=spec.slug,
         block_type_id=str(block_type["id"]),
         block_schema_id=str(schema["id"]),
         block_type=type_action,
-        block_schema="unchanged" if schema["id"] in known else "created",
+        block_schema=action,
     )
+
+
+async def _own_schema(client: PrefectClient, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """POST the schema; the row of our type, and whether a misfiled copy was deleted first.
+
+    The server dedups on checksum and version only, so the answer can be a row of another
+    block type: ours (the checksum covers the fields, which name our slug), filed there by a
+    registration that took the wrong type id (before this check). Unused, it is deleted (it
+    is that type's newest schema, so the UI showed our form for it) and created again under
+    our type. Used by documents, it stays, and ours takes another version, which the server
+    answers with on every later run.
+    """
+    schema: dict[str, Any] = await client.request("POST", "/block_schemas/", json=body)
+    if str(schema["block_type_id"]) == str(body["block_type_id"]):
+        return schema, False
+    deleted = not await _schema_in_use(client, str(schema["id"]))
+    if deleted:
+        with contextlib.suppress(NotFound):  # a retried DELETE finds it gone
+            await client.request("DELETE", f"/block_schemas/{schema['id']}")
+        schema = await client.request("POST", "/block_schemas/", json=body)
+    else:
+        schema = await client.request("POST", "/block_schemas/", json={**body, "version": SIDESTEP_VERSION})
+    if str(schema["block_type_id"]) != str(body["block_type_id"]):
+        raise Conflict(
+            f"block schema {schema['id']} with our fields belongs to another block type", status=409
+        )
+    return schema, deleted
+
+
+async def _schema_in_use(client: PrefectClient, schema_id: str) -> bool:
+    body = {
+        "block_schemas": {"id": {"any_": [schema_id]}},
+        "block_documents": {"is_anonymous": None},  # anonymous ones (a deployment's) count too
+        "limit": 1,
+    }
+    return bool(await client.request("POST", "/block_documents/filter", json=body))

@@ -3,6 +3,7 @@ and legacy block loading, against the session's real Prefect server."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -12,8 +13,16 @@ import typer
 from support.prefect_api import PrefectAPI
 from typer.testing import CliRunner, Result
 
+from agent.api.blocks import (
+    SCHEMA_VERSION,
+    SIDESTEP_VERSION,
+    BlockTypeSpec,
+    Registration,
+    _embed_references,
+    register_block_type_and_schema,
+)
 from agent.api.client import PrefectClient
-from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS
+from agent.blocks import INFRASTRUCTURE_BLOCKS, INFRASTRUCTURE_SLUGS, get_block_spec
 from agent.cli.blocks import blocks_app, deployment_app
 from agent.infra import InfraError
 from agent.infra.legacy import apply_overrides, load_infrastructure_block
@@ -206,3 +215,149 @@ def test_deployment_ls_names_what_run_and_set_infra_take(api: PrefectAPI, pool: 
     assert second in lines[0] and first in lines[1] and all(pool in line for line in lines)
     empty = cli(api.api_url, "deployment", "ls", "--pool", f"{pool}-none")
     assert empty.exit_code == 0 and "no deployments in work pool" in empty.output
+
+
+# -- block types sharing a name, schemas filed under another type -------------------------------
+# Prefect's collections register types named like ours (prefect-kubernetes' `k8s-job` is
+# "Kubernetes Job"); the server reads a created type back by name and dedups schemas on
+# checksum and version alone. Each test registers copies of our specs under fresh slugs, so
+# the module's registration above is untouched.
+
+
+def _spec(slug: str) -> BlockTypeSpec:
+    spec = get_block_spec(slug)
+    assert spec is not None
+    return spec
+
+
+def _copy(spec: BlockTypeSpec) -> BlockTypeSpec:
+    tag = uuid.uuid4().hex[:6]
+    slug = f"{spec.slug}-{tag}"
+    fields = {**spec.fields, "block_type_slug": slug}
+    return dataclasses.replace(spec, name=f"{spec.name} {tag}", slug=slug, fields=fields)
+
+
+def _schemas(api: PrefectAPI, block_type_id: str) -> list[dict[str, Any]]:
+    body = {"block_schemas": {"block_type_id": {"any_": [block_type_id]}}}
+    return list(api.request("POST", "/block_schemas/filter", json=body).json())
+
+
+def _foreign_type(api: PrefectAPI, name: str) -> dict[str, Any]:
+    """A collection's type: another slug, maybe the same name, with a schema of its own."""
+    slug = f"collection-{uuid.uuid4().hex[:8]}"
+    block_type = api.request("POST", "/block_types/", json={"name": name, "slug": slug}).json()
+    fields = {
+        "title": "Theirs",
+        "type": "object",
+        "properties": {"x": {"type": "string"}},
+        "block_type_slug": slug,
+    }
+    api.request(
+        "POST",
+        "/block_schemas/",
+        json={"fields": fields, "block_type_id": block_type["id"], "version": "0.8.0"},
+    )
+    return block_type
+
+
+def _register(api: PrefectAPI, spec: BlockTypeSpec) -> Registration:
+    async def scenario() -> Registration:
+        async with PrefectClient(api.api_url) as client:
+            return await register_block_type_and_schema(client, spec)
+
+    return anyio.run(scenario)
+
+
+def _misfile(api: PrefectAPI, spec: BlockTypeSpec, under: dict[str, Any]) -> dict[str, Any]:
+    """What registration did before the fix: our type exists, our schema is under `under`."""
+    api.request("POST", "/block_types/", json={"name": spec.name, "slug": spec.slug})
+
+    async def fields() -> dict[str, Any]:
+        async with PrefectClient(api.api_url) as client:
+            return await _embed_references(client, spec)
+
+    body = {
+        "fields": anyio.run(fields),
+        "block_type_id": under["id"],
+        "capabilities": list(spec.capabilities),
+        "version": SCHEMA_VERSION,
+    }
+    return api.request("POST", "/block_schemas/", json=body).json()
+
+
+def test_a_type_named_like_a_collections_type_gets_its_own_schema(api: PrefectAPI) -> None:
+    for spec in map(_copy, INFRASTRUCTURE_BLOCKS):
+        theirs = _foreign_type(api, spec.name)
+
+        done = _register(api, spec)
+
+        ours = api.request("GET", f"/block_types/slug/{spec.slug}").json()
+        assert (done.block_type, done.block_schema, done.block_type_id) == ("created", "created", ours["id"])
+        [schema] = _schemas(api, ours["id"])
+        assert schema["id"] == done.block_schema_id
+        assert schema["fields"]["block_type_slug"] == spec.slug
+        assert [s["fields"]["title"] for s in _schemas(api, theirs["id"])] == ["Theirs"]
+        for field, slug in spec.references.items():  # still selects the server's credentials blocks
+            assert schema["fields"]["block_schema_references"][field]["block_type_slug"] == slug
+        again = _register(api, spec)
+        assert (again.block_type, again.block_schema, again.block_schema_id) == (
+            "unchanged",
+            "unchanged",
+            schema["id"],
+        )
+
+
+def test_the_collections_kubernetes_job_keeps_its_own_schemas(api: PrefectAPI, registered: Result) -> None:
+    collection = api.request("GET", "/block_types/slug/k8s-job", ok=[404])
+    if collection.status_code == 404:
+        pytest.skip("prefect-kubernetes is not installed beside the test server")
+    assert collection.json()["name"] == _spec("kubernetes-job").name  # the clash this guards
+    assert {s["fields"]["block_type_slug"] for s in _schemas(api, collection.json()["id"])} == {"k8s-job"}
+    ours = api.request("GET", "/block_types/slug/kubernetes-job").json()
+    [schema] = _schemas(api, ours["id"])
+    definition = schema["fields"]["definitions"]["KubernetesClusterConfig"]
+    assert definition["block_type_slug"] == "kubernetes-cluster-config"
+
+
+def test_a_misfiled_schema_is_moved_back_to_our_type(api: PrefectAPI) -> None:
+    spec = _copy(_spec("kubernetes-job"))
+    theirs = _foreign_type(api, spec.name)
+    misfiled = _misfile(api, spec, theirs)
+    assert misfiled["block_type_id"] == theirs["id"]
+
+    done = _register(api, spec)
+
+    assert done.block_schema == "repaired"
+    ours = api.request("GET", f"/block_types/slug/{spec.slug}").json()
+    [schema] = _schemas(api, ours["id"])
+    assert schema["id"] == done.block_schema_id and schema["version"] == SCHEMA_VERSION
+    assert schema["fields"]["block_schema_references"]["cluster_config"]["block_type_slug"] == (
+        "kubernetes-cluster-config"
+    )
+    assert [s["fields"]["title"] for s in _schemas(api, theirs["id"])] == ["Theirs"]
+    assert _register(api, spec).block_schema == "unchanged"
+
+
+def test_a_misfiled_schema_in_use_stays_and_ours_takes_another_version(api: PrefectAPI) -> None:
+    spec = _copy(_spec("ecs-task"))
+    theirs = _foreign_type(api, spec.name)
+    misfiled = _misfile(api, spec, theirs)
+    anonymous = {
+        "data": {},
+        "is_anonymous": True,
+        "block_schema_id": misfiled["id"],
+        "block_type_id": theirs["id"],
+    }
+    document = api.request("POST", "/block_documents/", json=anonymous).json()
+
+    done = _register(api, spec)
+
+    assert done.block_schema == "created"
+    ours = api.request("GET", f"/block_types/slug/{spec.slug}").json()
+    [schema] = _schemas(api, ours["id"])
+    assert schema["id"] == done.block_schema_id and schema["version"] == SIDESTEP_VERSION
+    assert (
+        api.request("GET", f"/block_documents/{document['id']}").json()["block_schema_id"] == misfiled["id"]
+    )
+    again = _register(api, spec)
+    assert (again.block_schema, again.block_schema_id) == ("unchanged", schema["id"])
