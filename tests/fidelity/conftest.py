@@ -1,0 +1,45 @@
+"""The fidelity suite: Prefect's own workers (prefect-aws, -gcp, -azure, -kubernetes) against
+flow-agent, on the session's real Prefect server. The blocks and variables the cases refer
+to are made once, with Prefect's own block classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from prefect.blocks.system import Secret
+from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_LEVEL, temporary_settings
+from prefect_aws import AwsCredentials
+from prefect_azure.credentials import AzureContainerInstanceCredentials
+from prefect_gcp import GcpCredentials
+from support.server import PrefectServer
+
+from fidelity.harness import World
+
+# a secret placed into job env through `{{ prefect.blocks.secret.* }}` on both sides
+SECRET_VALUE = "s3cr3t-fidelity-value"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def world(prefect_server: PrefectServer) -> Iterator[World]:
+    url = prefect_server.api_url
+    # A setting given to the Prefect side is passed to its jobs: flow-agent gets the same
+    # settings as its Prefect env (harness.both_sides) and must place them the same way.
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_LOGGING_LEVEL: "DEBUG"}):
+        world = World(url)
+        blocks = {
+            "fid-secret": Secret(value=SECRET_VALUE),
+            "fid-aws": AwsCredentials(region_name="eu-west-1", aws_access_key_id="AKIAFIDELITY"),
+            "fid-gcp": GcpCredentials.model_construct(project="fid-project"),  # no ADC lookup
+            "fid-azure": AzureContainerInstanceCredentials(
+                client_id="cid", tenant_id="tid", client_secret="csecret"
+            ),
+        }
+        for name, block in blocks.items():
+            world.blocks[name] = str(block.save(name, overwrite=True))
+        yield world
