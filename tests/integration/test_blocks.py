@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import typer
 from support.prefect_api import PrefectAPI
@@ -361,3 +362,39 @@ def test_a_misfiled_schema_in_use_stays_and_ours_takes_another_version(api: Pref
     )
     again = _register(api, spec)
     assert (again.block_schema, again.block_schema_id) == ("unchanged", schema["id"])
+
+
+class _CreatesFirst(httpx.AsyncBaseTransport):
+    """The real server, with another registration creating the same type just before ours."""
+
+    def __init__(self, api: PrefectAPI, spec: BlockTypeSpec) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._api, self._spec = api, spec
+        self.answered: list[int] = []  # the server's status for our POST /block_types/
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "POST" or not request.url.path.endswith("/block_types/"):
+            return await self._inner.handle_async_request(request)
+        self._api.request("POST", "/block_types/", json={"name": self._spec.name, "slug": self._spec.slug})
+        response = await self._inner.handle_async_request(request)
+        self.answered.append(response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def test_a_type_created_meanwhile_is_read_back_by_slug(api: PrefectAPI) -> None:
+    spec = _copy(_spec("process"))
+    transport = _CreatesFirst(api, spec)
+
+    async def scenario() -> Registration:
+        async with PrefectClient(api.api_url, transport=transport) as client:
+            return await register_block_type_and_schema(client, spec)
+
+    done = anyio.run(scenario)
+
+    assert transport.answered == [409]
+    ours = api.request("GET", f"/block_types/slug/{spec.slug}").json()
+    assert (done.block_type, done.block_type_id) == ("created", ours["id"])
+    assert [s["id"] for s in _schemas(api, ours["id"])] == [done.block_schema_id]
