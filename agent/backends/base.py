@@ -58,6 +58,7 @@ class BackendOptions:
     watch_interval: float = 5.0  # seconds between status reads of one batch of workloads
     state_dir: Path | None = None  # where a backend may keep state that outlives the agent
     gcp_endpoint: str | None = None  # Cloud Run API base URL (tests point it at a fake)
+    gcp_logging_endpoint: str | None = None  # Cloud Logging API base URL (default: Google's)
     azure_arm_endpoint: str | None = None  # ARM base URL (tests point it at a fake)
     kubeconfig: str | None = None  # default: in-cluster config, else ~/.kube/config
 

@@ -66,6 +66,7 @@ class _CloudRunJobBlock(BaseModel):
     name: str | None = None
     command: Command = None
     keep_job: bool | None = False
+    stream_output: bool | None = None  # flow-agent's: Cloud Logging entries to the run's logs
     timeout: int | None = Field(default=600, gt=0, le=3600)
     max_retries: int | None = Field(default=3, ge=0, le=10)
 
@@ -93,6 +94,7 @@ class CloudRunRuntime:
     credentials: Mapping[str, Any] | None = field(default=None, repr=False)  # GcpCredentials data
     keep_job: bool = False  # leave the per-run job in place when the run ends
     timeout: int | None = None  # the job's task timeout (s): the start deadline, and named in messages
+    stream_output: bool = False  # ship the execution's output (Cloud Logging entries) to the run's logs
 
 
 class CloudRunKind:
@@ -136,6 +138,7 @@ class CloudRunKind:
             labels=block.labels,
             name=block.name,
             keep_job=bool(block.keep_job),
+            stream_output=bool(block.stream_output),
             timeout=block.timeout or 600,
         )
         _check(config, source, "block field")
@@ -151,7 +154,7 @@ class CloudRunKind:
 
     def runtime(self, config: BaseModel) -> CloudRunRuntime:
         assert isinstance(config, CloudRunConfig)
-        return CloudRunRuntime(config.credentials, config.keep_job, config.timeout)
+        return CloudRunRuntime(config.credentials, config.keep_job, config.timeout, config.stream_output)
 
 
 def _project(data: Mapping[str, Any], source: str, what: str) -> str:

@@ -66,6 +66,7 @@ class CloudRunConfig(BaseModel):
     cloudsql_instances: list[str] = Field(default_factory=list)
     keep_job: bool = False
     timeout: int = Field(default=600, gt=0, le=604800)
+    stream_output: bool = False  # ship the execution's output (Cloud Logging) to the run's logs
     customizations: list[dict[str, Any]] = Field(default_factory=list, repr=False, exclude=True)
     customizations_field: str = "customizations"
 

@@ -409,8 +409,11 @@ class _Handler(BaseHTTPRequestHandler):
         names = [container.get("name") for container in containers]
         if fake.logs_fault is not None:
             status, code, message = fake.logs_fault
-            # ARM throttling names its wait; 0 keeps the SDK's own retries of it quick
-            self._send(status, _error(code, message), {"Retry-After": "0"} if status in (429, 503) else None)
+            # ARM throttling names its wait; a short one keeps the SDK's own retries quick (0 would
+            # mean "none named" to azure-core, which then backs off for seconds)
+            self._send(
+                status, _error(code, message), {"Retry-After": "0.01"} if status in (429, 503) else None
+            )
         elif group is None or parts[3] not in names:
             resource = f"Microsoft.ContainerInstance/containerGroups/{parts[2]}"
             message = f"The Resource '{resource}' under resource group '{parts[1]}' was not found."

@@ -9,7 +9,12 @@ how they end: `start_execution`, `finish_execution`, `fail_to_start`.
 Routes (all under /v2/projects/P/locations/R): jobs create (409 on a duplicate) / get
 (404 when absent) / list / delete, jobs:run (an LRO with the Execution as metadata, done
 when it ends), operations get, executions list (newest first, as documented) / get /
-delete / :cancel, tasks list.
+delete / :cancel, tasks list; and Cloud Logging's `POST /v2/entries:list` (the answer's shape
+is tests/fixtures/cloud_run/log_entries.json, after Google's entries.list and LogEntry
+reference), with the filter terms the backend sends parsed strictly (anything else: 400).
+`write_output` is what the execution's container prints (an entry per line; `delay`: shown
+that many seconds later, as Cloud Logging shows entries); `fail_logs` makes every log read
+answer an error.
 `inject(route, status, after=True)` makes the next call of a route fail, after committing
 its effect when `after` is true (a lost response).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +58,17 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("DELETE", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/:]+)$", "delete_execution"),
     ("POST", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/:]+):cancel$", "cancel_execution"),
     ("GET", _PARENT + r"/jobs/(?P<job>[^/]+)/executions/(?P<ex>[^/]+)/tasks$", "list_tasks"),
+    ("POST", r"/v2/entries:list$", "list_entries"),
 ]
+# the terms of an entries.list filter this fake understands (Cloud Logging's query language)
+_TERMS = {
+    "type": re.compile(r'^resource\.type="(?P<v>[^"]+)"$'),
+    "job": re.compile(r'^resource\.labels\.job_name="(?P<v>[^"]+)"$'),
+    "location": re.compile(r'^resource\.labels\.location="(?P<v>[^"]+)"$'),
+    "execution": re.compile(r'^labels\."run\.googleapis\.com/execution_name"="(?P<v>[^"]+)"$'),
+    "since": re.compile(r'^timestamp>="(?P<v>[^"]+)"$'),
+    "logs": re.compile(r'^\((?P<v>logName="[^"]+"(?: OR logName="[^"]+")*)\)$'),
+}
 
 
 # the google.rpc.Code an HTTP status carries (https://cloud.google.com/apis/design/errors#http_mapping)
@@ -73,6 +89,45 @@ class _ApiError(Exception):
     def __init__(self, code: int, status: str, message: str) -> None:
         super().__init__(message)
         self.code, self.status, self.message = code, status, message
+
+
+def _parse_filter(text: str) -> dict[str, Any]:
+    """The terms of a filter joined by AND; one this fake does not understand is a 400, as an
+    unparseable filter is for Cloud Logging."""
+    terms: dict[str, Any] = {}
+    for term in (t.strip() for t in text.split(" AND ") if t.strip()):
+        for key, pattern in _TERMS.items():
+            if match := pattern.match(term):
+                value = match["v"]
+                terms[key] = set(re.findall(r'logName="([^"]+)"', value)) if key == "logs" else value
+                break
+        else:
+            raise _ApiError(400, "INVALID_ARGUMENT", f"Unparseable filter: {term[:80]}")
+    return terms
+
+
+def _matches(entry: dict[str, Any], terms: dict[str, Any], projects: set[str]) -> bool:
+    labels, resource = entry["labels"], entry["resource"]
+    return (
+        resource["labels"]["project_id"] in projects
+        and terms.get("type", resource["type"]) == resource["type"]
+        and terms.get("job", resource["labels"]["job_name"]) == resource["labels"]["job_name"]
+        and terms.get("location", resource["labels"]["location"]) == resource["labels"]["location"]
+        and terms.get("execution", labels["run.googleapis.com/execution_name"])
+        == labels["run.googleapis.com/execution_name"]
+        and entry["logName"] in terms.get("logs", {entry["logName"]})
+        and (_when(entry["timestamp"]) >= _when(terms["since"]) if "since" in terms else True)
+    )
+
+
+def _when(stamp: str) -> tuple[datetime, int]:
+    """An RFC 3339 time with up to 9 fraction digits, comparable (datetime keeps 6)."""
+    head, _, rest = stamp.partition(".")
+    digits = re.match(r"\d*", rest)
+    fraction = digits[0] if digits else ""
+    zone = rest[len(fraction) :] if rest else head[19:]
+    base = datetime.fromisoformat(head[:19] + (zone.replace("Z", "+00:00") or "+00:00"))
+    return base, int(fraction.ljust(9, "0") or 0)
 
 
 @dataclass
@@ -112,6 +167,9 @@ class CloudRunFake:
         self.operations: dict[str, tuple[str, str]] = {}  # op name -> (kind, resource)
         self.calls: list[str] = []
         self._faults: dict[str, _Fault] = {}
+        self.entries: list[tuple[float, dict[str, Any]]] = []  # (shown from, LogEntry JSON)
+        self.entry_reads: list[dict[str, Any]] = []  # the body of every entries.list call
+        self.logs_fault: tuple[int, str, str] | None = None  # (status, code, message)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -169,6 +227,43 @@ class CloudRunFake:
         """Fail the next call of `route` (e.g. "run_job") with `status`; after committing it if `after`."""
         with self._lock:
             self._faults[route] = _Fault(status, after)
+
+    def write_output(
+        self, name: str, *lines: str, stream: str = "stdout", delay: float = 0.0, json_payload: Any = None
+    ) -> None:
+        """The execution's task 0 prints `lines` to `stream` (or one structured JSON line)."""
+        parts = re.match(r"projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)/executions/([^/]+)$", name)
+        assert parts is not None, name
+        project, location, job, execution = parts.groups()
+        payloads = [{"textPayload": line} for line in lines]
+        if json_payload is not None:
+            payloads.append({"jsonPayload": json_payload})
+        with self._lock:
+            for payload in payloads:
+                now = _now().isoformat().replace("+00:00", "Z")
+                self.entries.append((time.monotonic() + delay, {
+                    "insertId": uuid.uuid4().hex[:16],
+                    "logName": f"projects/{project}/logs/run.googleapis.com%2F{stream}",
+                    "resource": {
+                        "type": "cloud_run_job",
+                        "labels": {"project_id": project, "job_name": job, "location": location},
+                    },
+                    **payload,
+                    "timestamp": now,
+                    "receiveTimestamp": now,
+                    "severity": "ERROR" if stream == "stderr" else "DEFAULT",
+                    "labels": {
+                        "run.googleapis.com/execution_name": execution,
+                        "run.googleapis.com/task_index": "0",
+                        "run.googleapis.com/task_attempt": "0",
+                        "instanceId": "0087244a80",
+                    },
+                }))  # fmt: skip
+
+    def fail_logs(self, status: int, code: str = "", message: str = "") -> None:
+        """Every entries.list answers this error from now on (status 0: answers again)."""
+        with self._lock:
+            self.logs_fault = (status, code, message) if status else None
 
     def start_execution(self, name: str) -> None:
         with self._lock:
@@ -434,3 +529,30 @@ class CloudRunFake:
     def _list_tasks(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
         tasks = self.tasks.get(self._execution_name(parts), [])
         return run_v2.ListTasksResponse.to_json(run_v2.ListTasksResponse(tasks=tasks))
+
+    def _list_entries(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
+        request = json.loads(body or b"{}")
+        self.entry_reads.append(request)
+        if self.logs_fault is not None:
+            raise _ApiError(*self.logs_fault)
+        projects = {
+            n.removeprefix("projects/")
+            for n in request.get("resourceNames") or []
+            if n.startswith("projects/")
+        }
+        if not projects or request.get("orderBy", "timestamp asc") != "timestamp asc":
+            raise _ApiError(
+                400, "INVALID_ARGUMENT", "resourceNames and orderBy 'timestamp asc' are required here"
+            )
+        terms = _parse_filter(str(request.get("filter") or ""))
+        now = time.monotonic()
+        found = sorted(
+            (entry for shown, entry in self.entries if shown <= now and _matches(entry, terms, projects)),
+            key=lambda entry: _when(entry["timestamp"]),  # stable: one instant keeps write order
+        )
+        start = int(request.get("pageToken") or 0)
+        size = min(int(request.get("pageSize") or 50), 1000)
+        answer: dict[str, Any] = {"entries": found[start : start + size]}
+        if start + size < len(found):
+            answer["nextPageToken"] = str(start + size)
+        return json.dumps(answer)

@@ -125,6 +125,29 @@ async def test_a_sinks_lines_arrive_once_in_order_masked_and_complete(
 
 
 @pytest.mark.anyio
+async def test_a_kill_that_finds_the_container_ended_drains_its_last_lines(fake: AciFake) -> None:
+    # no watch round comes before the kill (the first is 5 s away): only the drain reads
+    slow = AciBackend(
+        BackendOptions(watch_interval=5, azure_arm_endpoint=fake.url),
+        credential=StaticTokenCredential(),
+        client_kwargs={"connection_verify": fake.ca_file},
+    )
+    seen: list[str] = []
+    job = replace(_job(), output=seen.append)
+    try:
+        handle = await slow.launch(job)
+        fake.write_output(_name(job), "printed", "then exited")
+        fake.terminate(_name(job), 2)
+        with anyio.fail_after(20):
+            await slow.kill(handle, 0)
+            assert (await slow.wait(handle)).exit_code == 2  # its own end, not the kill
+    finally:
+        await slow.aclose()
+    assert seen == ["printed", "then exited"] and len(_reads(fake, job)) == 1
+    assert _name(job) not in fake.list_groups()
+
+
+@pytest.mark.anyio
 async def test_stream_output_ships_to_the_runs_logs_and_off_reads_nothing(
     fake: AciFake, backend: AciBackend
 ) -> None:

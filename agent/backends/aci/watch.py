@@ -143,7 +143,8 @@ class AciPlatform:
         state = watched.state
         if state.gone:
             return
-        if state.output is not None and watched.started:  # the last lines, before the log goes
+        ran = watched.started or outcome.exit_code is not None  # (a kill may see the end first)
+        if state.output is not None and ran:  # the last lines, before the log goes with the group
             await self._follow(watched, None, final=True)
         try:
             if not state.keep:

@@ -27,6 +27,10 @@ the run's, and its newest execution is the run's one.
 
 Kill cancels the execution (Cloud Run sends SIGTERM, then SIGKILL); the watch loop then
 sees it cancelled and cleans up. `grace` is Cloud Run's to apply.
+
+**Output** (`stream_output`, or a job's own sink: a direct run) is the execution's Cloud
+Logging entries, read after each status and drained after the end before the waiter wakes
+(output.py); an adopted run with `stream_output` ships to its flow run's logs the same way.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from typing import ClassVar, Final
 
 import anyio
 
-from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, Job
+from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, Job, output_sink
 from agent.backends.cloud_run.client import ClientCache, Clients
+from agent.backends.cloud_run.output import Output
 from agent.backends.cloud_run.spec import job_spec
 from agent.backends.cloud_run.status import outcome_of
 from agent.backends.cloud_run.steps import CloudRunSteps
@@ -49,6 +54,7 @@ from agent.outcome import Outcome, Reason
 
 __all__ = ["CloudRunBackend"]
 
+_SETTLE: Final = 5.0  # seconds: Cloud Logging shows most entries within a few
 _PID: Final = re.compile(r"^(?P<job>projects/[^/]+/locations/[^/]+/jobs/[^/]+)/executions/[^/]+$")
 log = get_logger("agent.backends.cloud_run")
 
@@ -63,10 +69,13 @@ class CloudRunBackend:
     ) -> None:
         """`credentials` overrides every job's (tests: AnonymousCredentials);
         `start_timeout` overrides the start deadline taken from each job's `timeout`."""
-        self._steps = CloudRunSteps(ClientCache(options.gcp_endpoint, credentials), options.retry)
+        cache = ClientCache(options.gcp_endpoint, credentials, logging=options.gcp_logging_endpoint)
+        self._steps = CloudRunSteps(cache, options.retry)
         self._start_timeout = start_timeout
+        # the drain waits for late log entries twice a round, at most _SETTLE
+        platform = Executions(self._steps, settle=min(_SETTLE, 2 * options.watch_interval))
         self._engine: WatchEngine[ExecutionState] = WatchEngine(
-            "cloud-run", Executions(self._steps), interval=options.watch_interval, retry=options.retry
+            "cloud-run", platform, interval=options.watch_interval, retry=options.retry
         )
 
     async def launch(self, job: Job[CloudRunRuntime]) -> Handle[CloudRunRuntime]:
@@ -87,6 +96,8 @@ class CloudRunBackend:
         handle = Handle(self.kind, execution, job.flow_run_id, runtime)
         deadline = self._start_timeout if self._start_timeout is not None else runtime.timeout
         state = ExecutionState(clients, delete_job=not runtime.keep_job, timeout=runtime.timeout)
+        if job.output is not None or runtime.stream_output:
+            state.output = Output(output_sink(self.kind, job.flow_run_id, job.output))
         self._engine.track(Watched(handle, state, start_within=deadline))
         log.info("started Cloud Run execution", flow_run_id=job.flow_run_id, execution=execution)
         return handle
@@ -106,6 +117,8 @@ class CloudRunBackend:
             runtime = handle.runtime if isinstance(handle.runtime, CloudRunRuntime) else None
             delete = runtime is not None and not runtime.keep_job
             state = ExecutionState(await self._clients(handle), delete_job=delete, timeout=_timeout(handle))
+            if runtime is not None and runtime.stream_output:
+                state.output = Output(output_sink(self.kind, handle.flow_run_id))
             watched = self._engine.track(Watched(handle, state))
         return await self._engine.wait(watched)
 

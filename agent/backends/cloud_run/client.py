@@ -13,17 +13,20 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exc
+from google.auth.transport.requests import AuthorizedSession
 from google.cloud import run_v2
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
 
-__all__ = ["Clients", "ClientCache", "classify"]
+__all__ = ["LOGGING_DEFAULT", "Clients", "ClientCache", "classify", "words"]
+
+LOGGING_DEFAULT: Final = "https://logging.googleapis.com"
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _TRANSIENT = (
@@ -43,6 +46,10 @@ class Clients:
     jobs: run_v2.JobsClient
     executions: run_v2.ExecutionsClient
     tasks: run_v2.TasksClient
+    # Cloud Logging has no client here (google-cloud-logging is not a dependency): its REST
+    # API through the same credentials, `entries:list` at `logging_url` (see output.py)
+    logs: AuthorizedSession = field(repr=False)
+    logging_url: str = LOGGING_DEFAULT
 
 
 def classify(
@@ -57,14 +64,14 @@ def classify(
         hint = "; check the project and region" if missing is LaunchError else ""
         return missing(f"Cloud Run {what}: not found: {exc.message}{hint}")
     if isinstance(exc, _TRANSIENT):
-        return BackendUnavailable(f"Cloud Run {what}: {_words(exc)} (will retry)")
+        return BackendUnavailable(f"Cloud Run {what}: {words(exc)} (will retry)")
     if isinstance(exc, gexc.Unauthenticated | gexc.PermissionDenied):
         return LaunchError(
-            f"Cloud Run {what}: {_words(exc)}; give the credentials the Cloud Run Developer role "
+            f"Cloud Run {what}: {words(exc)}; give the credentials the Cloud Run Developer role "
             "(run.jobs.* and run.executions.*) in this project"
         )
     if isinstance(exc, gexc.GoogleAPICallError):  # 400, 409 outside create, 412: the request is wrong
-        return LaunchError(f"Cloud Run {what}: {_words(exc)}")
+        return LaunchError(f"Cloud Run {what}: {words(exc)}")
     if isinstance(exc, auth_exc.DefaultCredentialsError):
         return LaunchError(
             "no Google credentials: give the GcpCredentials block service_account_info, or set up "
@@ -79,7 +86,7 @@ def classify(
     return BackendError(f"Cloud Run {what}: unexpected {type(exc).__name__}")
 
 
-def _words(exc: gexc.GoogleAPICallError) -> str:
+def words(exc: gexc.GoogleAPICallError) -> str:
     code = getattr(exc, "code", None)
     return f"{exc.message} (HTTP {int(code)})" if code else str(exc.message)
 
@@ -87,8 +94,11 @@ def _words(exc: gexc.GoogleAPICallError) -> str:
 class ClientCache:
     """One set of clients per endpoint and credentials; built lazily (ADC lookup does I/O)."""
 
-    def __init__(self, endpoint: str | None, credentials: Any = None) -> None:
+    def __init__(self, endpoint: str | None, credentials: Any = None, *, logging: str | None = None) -> None:
         self._endpoint = endpoint
+        # a plain-HTTP Cloud Run endpoint is a local double, which serves the log route too
+        local = endpoint if endpoint and endpoint.startswith("http://") else None
+        self._logging = (logging or local or LOGGING_DEFAULT).rstrip("/")
         self._override = credentials
         self._clients: dict[str, Clients] = {}
         self._lock = threading.Lock()
@@ -104,9 +114,13 @@ class ClientCache:
     def _build(self, info: Mapping[str, Any] | None) -> Clients:
         options = ClientOptions(api_endpoint=self._endpoint) if self._endpoint else None
         kwargs: dict[str, Any] = {"transport": "rest", "client_options": options}
-        kwargs["credentials"] = self._credentials(info)
+        kwargs["credentials"] = credentials = self._credentials(info)
         return Clients(
-            run_v2.JobsClient(**kwargs), run_v2.ExecutionsClient(**kwargs), run_v2.TasksClient(**kwargs)
+            run_v2.JobsClient(**kwargs),
+            run_v2.ExecutionsClient(**kwargs),
+            run_v2.TasksClient(**kwargs),
+            AuthorizedSession(credentials),
+            self._logging,
         )
 
     def _credentials(self, info: Mapping[str, Any] | None) -> Any:

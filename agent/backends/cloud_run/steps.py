@@ -24,6 +24,7 @@ from google.cloud import run_v2
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, LaunchError
 from agent.backends.cloud_run.client import ClientCache, Clients, classify
+from agent.backends.cloud_run.output import logs_calls
 from agent.backends.cloud_run.spec import JobSpec
 from agent.backends.cloud_run.status import ended, has_time
 from agent.backends.sdk import SdkCalls
@@ -47,6 +48,7 @@ class CloudRunSteps:
         self._cache = cache
         self.calls = SdkCalls(retry, classify)
         self.launching = SdkCalls(retry, partial(classify, missing=LaunchError))
+        self.logs = logs_calls(retry)  # Cloud Logging: the same policy, its own words
 
     async def clients(self, credentials: Any) -> Clients:
         """The clients for a GcpCredentials block's data (None: Application Default Credentials)."""

@@ -4,7 +4,8 @@ Executions cannot be read in batches: each watch round reads every execution wit
 `executions.get` (the engine runs them concurrently); a completed one also has its tasks
 listed, for the exit code and signal of their last attempts. A missed start deadline
 cancels the execution and reports START_FAILED with the platform's reason for waiting;
-the end deletes the per-run job unless `keep_job`.
+the end deletes the per-run job unless `keep_job`. A run that ships its output has its
+new Cloud Logging entries read after each status, and drained after the end (output.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.cloud_run.client import Clients
+from agent.backends.cloud_run.output import Output
 from agent.backends.cloud_run.status import outcome_of, started, waiting_message
 from agent.backends.cloud_run.steps import CloudRunSteps, Status
 from agent.backends.engine import Watched
@@ -35,6 +37,7 @@ class ExecutionState:
     timeout: int | None  # the job's task timeout, named when a task is stopped at it
     killed: bool = False  # cancelled by this agent: the end is KILLED by flow-agent
     last: Any = None  # the execution as last read: its conditions say why it has not started
+    output: Output | None = None  # set when the run ships its output
 
 
 def job_of(execution: str) -> str:
@@ -44,8 +47,9 @@ def job_of(execution: str) -> str:
 class Executions:
     batch_size = 1  # no batched read exists for executions
 
-    def __init__(self, steps: CloudRunSteps) -> None:
+    def __init__(self, steps: CloudRunSteps, *, settle: float = 5.0) -> None:
         self._steps = steps
+        self._settle = settle  # how long after the end the drain waits for late entries
 
     def batch_key(self, watched: Watched[ExecutionState]) -> Hashable:
         return watched.pid
@@ -61,6 +65,11 @@ class Executions:
                 raise
             except BackendError as exc:  # e.g. permission denied: read again next round
                 raise BackendUnavailable(str(exc)) from None
+            output = watched.state.output
+            if output is not None and started(answer[watched.pid][0]):  # after the status
+                await output.follow(
+                    self._steps.logs, watched.state.clients, watched.pid, watched.flow_run_id, final=False
+                )
         return answer
 
     def conclude(self, watched: Watched[ExecutionState], status: Status | None) -> Outcome | None:
@@ -86,6 +95,11 @@ class Executions:
         )
 
     async def clean_up(self, watched: Watched[ExecutionState], outcome: Outcome) -> None:
+        output = watched.state.output
+        if output is not None and watched.started:  # the last lines, before the waiter wakes
+            await output.drain(
+                self._steps.logs, watched.state.clients, watched.pid, watched.flow_run_id, settle=self._settle
+            )
         if watched.state.delete_job:
             await delete_job(self._steps, watched.state.clients, job_of(watched.pid))
 
