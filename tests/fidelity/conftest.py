@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from prefect.blocks.system import Secret
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_LEVEL, temporary_settings
 from prefect_aws import AwsCredentials
@@ -18,6 +20,21 @@ from fidelity.harness import World
 
 # a secret placed into job env through `{{ prefect.blocks.secret.* }}` on both sides
 SECRET_VALUE = "s3cr3t-fidelity-value"
+
+
+def _service_account() -> dict[str, str]:
+    """A well-formed service account key (a fresh RSA key; it opens no Google account)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    return {
+        "type": "service_account",
+        "project_id": "fid-project",
+        "private_key_id": "fid",
+        "private_key": pem,
+        "client_email": "flows@fid-project.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +52,7 @@ def world(prefect_server: PrefectServer) -> Iterator[World]:
         blocks = {
             "fid-secret": Secret(value=SECRET_VALUE),
             "fid-aws": AwsCredentials(region_name="eu-west-1", aws_access_key_id="AKIAFIDELITY"),
-            "fid-gcp": GcpCredentials.model_construct(project="fid-project"),  # no ADC lookup
+            "fid-gcp": GcpCredentials(project="fid-project", service_account_info=_service_account()),
             "fid-azure": AzureContainerInstanceCredentials(
                 client_id="cid", tenant_id="tid", client_secret="csecret"
             ),
