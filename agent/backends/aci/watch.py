@@ -7,7 +7,8 @@ Terminated state (exit code, OOM) is the end, and a running one is watched on. A
 end is LOST and nothing is cleaned up; a group that misses its start deadline is
 START_FAILED with the waiting reason Azure gave. Once a run is over its group is deleted,
 unless kept; a kept group that never started is stopped, so it cannot start a run already
-reported as crashed.
+reported as crashed. A run that ships its output has its container's log read after each
+status, and once more before its group is deleted (output.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ watch.py    the watch engine's platform: one read per execution, start deadline,
 client.py   the run_v2 clients and credentials, and the one classifier of SDK errors
 spec.py     the job to create from the payload (v1 bodies translated to v2)
 status.py   how an execution ended, from its conditions and its tasks' last attempts
+output.py   the execution's output: its Cloud Logging entries, once, in order, masked
 """
 
 from agent.backends.cloud_run.backend import CloudRunBackend
