@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -22,6 +23,8 @@ __all__ = [
     "BackendOptions",
     "BackendError",
     "BackendUnavailable",
+    "Controllable",
+    "Delivery",
     "Handle",
     "InfrastructureNotFound",
     "Job",
@@ -161,4 +164,22 @@ class Backend(Protocol[R]):
 
     async def aclose(self) -> None:
         """Release clients and watchers."""
+        ...
+
+class Delivery(Enum):
+    """How a control intent fared (see `Controllable`)."""
+
+    ACKED = "acked"  # the workload's engine committed it: the kill that follows means it
+    NOT_CONNECTED = "not_connected"  # no engine listened (not started yet, a custom command)
+    NO_ACK = "no_ack"  # an engine listened but did not confirm within the bound
+
+
+@runtime_checkable
+class Controllable(Protocol):
+    """A backend that can tell a workload's Prefect engine why it is about to be killed
+    (the process backend, over Prefect's loopback control channel). Without it, an engine
+    takes the kill of a cancelled run for a crash and runs the wrong hooks."""
+
+    async def deliver(self, handle: Handle, intent: str) -> Delivery:
+        """Send `intent` ("cancel") and wait, bounded, for the engine's ack."""
         ...

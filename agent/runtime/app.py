@@ -30,6 +30,7 @@ from agent.retry import Interrupted, retry_scope
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.events import EventStream
+from agent.runtime.hooks import FlowHooks
 from agent.runtime.jobs import JobBuilder
 from agent.runtime.ownership import Owner
 from agent.runtime.poller import Poller
@@ -117,6 +118,7 @@ class Agent:
             metrics=self.metrics,
             redact=REDACTOR.mask,
             owner=self.owner,
+            hooks=FlowHooks(settings.python),
         )
         self.poller = Poller(
             api,

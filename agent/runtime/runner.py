@@ -9,6 +9,7 @@ is reported CRASHED saying so. Nothing raised here may escape and stop the agent
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +22,7 @@ import anyio
 from agent.api import ApiError, FlowRun, NotFound, PrefectClient, StateType, WorkPool
 from agent.api.models import SetStateStatus
 from agent.backends import extra_for
-from agent.backends.base import Backend, BackendError, Handle, Job
+from agent.backends.base import Backend, BackendError, Controllable, Delivery, Handle, Job
 from agent.infra import InfraError
 from agent.observe.logging import REDACTOR, get_logger
 from agent.observe.metrics import Metrics, outcome_label
@@ -29,6 +30,7 @@ from agent.outcome import Outcome
 from agent.retry import retry_scope
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
+from agent.runtime.hooks import FlowHooks, Which
 from agent.runtime.jobs import JobBuilder
 from agent.runtime.ownership import Owner
 
@@ -49,6 +51,9 @@ class _InFlight:
     handle: Handle | None = None
     kill_reason: KillReason | None = None
     adopted: bool = False
+    job: Job | None = None
+    entrypoint: bool = False  # the deployment names the flow's code: its hooks can be loaded
+    delivery: Delivery | None = None  # how the cancel intent fared, for backends that take one
     launched: anyio.Event = field(default_factory=anyio.Event)
     started: float = field(default_factory=time.monotonic)  # just after the claim
 
@@ -66,8 +71,10 @@ class Runner:
         metrics: Metrics,
         redact: Callable[[str], str] = REDACTOR.mask_text,
         owner: Owner | None = None,
+        hooks: FlowHooks | None = None,
     ) -> None:
         self._metrics = metrics
+        self._hooks = hooks or FlowHooks(sys.executable)
         self._owner = owner  # who this agent is, written on every run it takes
         self._api = api
         self._backends = backends
@@ -156,6 +163,7 @@ class Runner:
             await self._crash(run.id, message)
             return None
         entry.backend = backend
+        entry.job, entry.entrypoint = job, bool(deployment and deployment.entrypoint)
         return job
 
     async def _execute(self, entry: _InFlight, pool: WorkPool, log: Any) -> None:
@@ -249,11 +257,18 @@ class Runner:
         run_id, pid = entry.run.id, entry.handle.pid if entry.handle else "?"
         if entry.kill_reason is KillReason.CANCEL:
             log.info("flow run cancelled; its infrastructure was killed", infrastructure_pid=pid)
+            # Unless the engine may have taken the kill for a crash (and run on_crashed),
+            # the cancellation hooks are ours to run, before CANCELLED, as Prefect does.
+            if entry.delivery is not Delivery.NO_ACK:
+                await self._run_hooks(entry, "cancellation")
             await self._api.set_state(
                 run_id,
                 StateType.CANCELLED,
                 message=f"Flow run was cancelled; flow-agent killed its infrastructure ({pid}).",
-                force=True,
+                # an engine that acknowledged leaves CANCELLED to us, and a run that ended
+                # on its own just before keeps its end; without an ack, the engine may
+                # have forced CRASHED over CANCELLING, which the cancel overrides
+                force=entry.delivery is not Delivery.ACKED,
             )
             return
         if entry.kill_reason is KillReason.SHUTDOWN:
@@ -276,6 +291,14 @@ class Runner:
         result = await self._crash(run_id, outcome.message(), transition_id=transition)
         if result is not SetStateStatus.ACCEPT:
             log.info("run already ended on its own; its final state is kept")
+            return
+        # ACCEPT: the engine did not see the end coming (SIGKILL, OOM), so it ran no hooks
+        await self._run_hooks(entry, "crashed")
+
+    async def _run_hooks(self, entry: _InFlight, which: Which) -> None:
+        """The flow's hooks in a child, where the flow's code can be loaded (hooks.py)."""
+        if entry.job is not None and entry.entrypoint and self._hooks.supports(entry.job):
+            await self._hooks.run(which, entry.job)
 
     async def _crash(self, run_id: str, message: str, *, transition_id: str | None = None) -> SetStateStatus:
         # Without force the server refuses to overwrite a terminal state (ABORT), which is
@@ -324,6 +347,10 @@ class Runner:
         assert entry.handle is not None and entry.backend is not None
         log.info("killing infrastructure", reason=str(entry.kill_reason), grace=self._kill_grace)
         try:
+            if entry.kill_reason is KillReason.CANCEL and isinstance(entry.backend, Controllable):
+                # first tell the engine the kill is a cancel, so it does not take it for a crash
+                entry.delivery = await entry.backend.deliver(entry.handle, "cancel")
+                log.info("told the engine the run is cancelled", delivery=entry.delivery.value)
             await entry.backend.kill(entry.handle, self._kill_grace)
         except BackendError as exc:
             log.error("could not kill the infrastructure", error=str(exc))

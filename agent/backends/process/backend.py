@@ -30,6 +30,7 @@ import psutil
 from agent.backends.base import (
     BackendError,
     BackendOptions,
+    Delivery,
     Handle,
     InfrastructureNotFound,
     Job,
@@ -38,6 +39,7 @@ from agent.backends.base import (
     output_sink,
 )
 from agent.backends.engine import Watched, WatchEngine
+from agent.backends.process.control import ControlChannel
 from agent.backends.process.records import (
     Record,
     RecordStore,
@@ -117,6 +119,7 @@ class ProcessBackend:
         self._engine: WatchEngine[_Proc] = WatchEngine(
             "process", platform, interval=_POLL, retry=options.retry
         )
+        self._control = ControlChannel()
 
     # -- launch ----------------------------------------------------------------------------
 
@@ -131,16 +134,19 @@ class ProcessBackend:
             temp_dir = cwd = tempfile.mkdtemp(prefix="flow-agent-")
         records: list[Record] = []
         path = self._records.path(job.flow_run_id)
+        # after the job's env, as Prefect's worker sets them: the engine's control channel
+        env = {**(payload.get("env") or {}), **await self._control.register(job.flow_run_id)}
         try:
             proc = await start_supervised(
                 command,
                 cwd=str(cwd),
-                env=dict(payload.get("env") or {}),
+                env=env,
                 stream=bool(payload.get("stream_output", True)),
                 marker=str(path) if path else None,
                 on_spawned=lambda pid: records.extend(self._record(job.flow_run_id, command, pid)),
             )
         except BaseException as exc:
+            self._control.unregister(job.flow_run_id)
             self._undo(temp_dir, records)
             if isinstance(exc, (OSError, ValueError)):
                 raise LaunchError(launch_message(command, cwd, exc)) from exc
@@ -183,6 +189,7 @@ class ProcessBackend:
                 await self._pump(child.stdout, watched.state.tail, emit)
         finally:
             code = await child.wait()
+            self._control.unregister(watched.flow_run_id)
             tail = watched.state.tail
             detail = "last output: " + " | ".join(tail) if code != 0 and tail else ""
             self._engine.end(watched, Outcome(Reason.EXITED, exit_code=code, detail=detail))
@@ -256,6 +263,15 @@ class ProcessBackend:
 
     # -- kill ------------------------------------------------------------------------------------
 
+    async def deliver(self, handle: Handle, intent: str) -> Delivery:
+        """Tell the run's engine, over the control channel, why the kill that follows comes
+        ("cancel": run on_cancellation, not on_crashed). Only this agent's own children
+        have a channel; a run an earlier agent launched gets the plain kill."""
+        watched = self._watched(handle)
+        if watched is None or watched.state.child is None or watched.state.child.returncode is not None:
+            return Delivery.NOT_CONNECTED
+        return await self._control.deliver(watched.flow_run_id, intent)
+
     async def kill(self, handle: Handle, grace: float) -> None:
         pid = self._local_pid(handle)
         if not self._ours(handle):
@@ -294,6 +310,7 @@ class ProcessBackend:
 
     async def aclose(self) -> None:
         await self._engine.aclose()
+        await self._control.aclose()
 
 
 def _alive(record: Record | None) -> bool:
