@@ -167,7 +167,8 @@ class AciKind:
 
     def build_payload(self, config: BaseModel, ctx: RunContext) -> dict[str, Any]:
         assert isinstance(config, AciConfig), type(config)
-        group = _group_name(config.name or ctx.labels.get("prefect.io/flow-name") or ctx.flow_run_name, ctx)
+        # Prefect 3 names the group after the flow whatever `name` says
+        group = _group_name(ctx.labels.get("prefect.io/flow-name") or config.name or ctx.flow_run_name, ctx)
         body = _base_body(config, group)
         container = body["properties"]["containers"][0]
         container["name"] = container.get("name") or group
