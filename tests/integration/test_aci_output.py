@@ -23,7 +23,7 @@ from contract.harness_aci import StaticTokenCredential
 from fakes.aci_fake import AciFake
 
 from agent.backends.aci import AciBackend
-from agent.backends.aci.output import TAIL, fresh_lines
+from agent.backends.aci.output import TAIL_MAX, TAIL_MIN, fresh_lines
 from agent.backends.base import BackendOptions, Job
 from agent.infra.aci import AciKind
 from agent.infra.spec import RunContext
@@ -121,7 +121,7 @@ async def test_a_sinks_lines_arrive_once_in_order_masked_and_complete(
     assert seen == ["one", "token=********", "two", "two", "last words"]
     assert _name(job) not in fake.list_groups()  # drained, then deleted
     assert {read["timestamps"] for read in _reads(fake, job)} == {"true"}
-    assert {read["tail"] for read in _reads(fake, job)} == {str(TAIL)}
+    assert {read["tail"] for read in _reads(fake, job)} == {str(TAIL_MIN)}  # a few lines: a small window
 
 
 @pytest.mark.anyio
@@ -244,19 +244,39 @@ def test_the_recorded_answer_through_the_sdk_model_and_the_cursor() -> None:
     fixture = json.loads((FIXTURES / "logs.json").read_text())
     assert all(source.startswith("https://") for source in fixture["_source"])
     content = Logs.deserialize(fixture["logs"]).content
-    lines, lost = fresh_lines(content, None)
-    assert [text for _, text in lines] == fixture["lines"] and not lost
+    lines, short = fresh_lines(content, None, TAIL_MIN)
+    assert [text for _, text in lines] == fixture["lines"] and not short
     # read again with one more line: only it is new, and the same-instant pair is not repeated
-    again, _ = fresh_lines(content + "2026-12-02T10:05:00.0000000Z bye\n", lines[-1][0])
+    again, _ = fresh_lines(content + "2026-12-02T10:05:00.0000000Z bye\n", lines[-1][0], TAIL_MIN)
     assert [text for _, text in again] == ["bye"]
     # the cursor inside an instant: the second of the two equal lines is still new
-    partial, _ = fresh_lines(content, lines[1][0])
+    partial, _ = fresh_lines(content, lines[1][0], TAIL_MIN)
     assert [text for _, text in partial] == fixture["lines"][2:]
 
 
-def test_a_full_window_that_starts_after_the_cursor_says_lines_were_lost() -> None:
-    window = "".join(f"2026-12-02T10:00:{i // 100:02d}.{i % 100:07d}Z line {i}\n" for i in range(TAIL))
-    lines, lost = fresh_lines(window, (0, 1))
-    assert lost and len(lines) == TAIL
-    _, lost = fresh_lines(window, lines[0][0])  # the window starts at the cursor: nothing lost
-    assert not lost
+def test_a_full_window_falls_short_unless_it_reaches_back_to_the_cursor() -> None:
+    window = "".join(f"2026-12-02T10:00:{i // 100:02d}.{i % 100:07d}Z line {i}\n" for i in range(50))
+    lines, short = fresh_lines(window, (0, 1), 50)
+    assert short and len(lines) == 50
+    assert fresh_lines(window, None, 50)[1]  # no cursor yet: the log may begin before the window
+    assert not fresh_lines(window, lines[0][0], 50)[1]  # the window starts at the cursor
+    assert not fresh_lines(window, (0, 1), 51)[1]  # not full: the whole log
+
+
+@pytest.mark.anyio
+async def test_a_burst_between_two_reads_widens_the_window_and_loses_nothing(
+    fake: AciFake, backend: AciBackend
+) -> None:
+    seen: list[str] = []
+    job = replace(_job(), output=seen.append)
+    handle = await backend.launch(job)
+    fake.write_output(_name(job), "first")
+    await _until(lambda: seen == ["first"], "the first line")
+    burst = [f"burst {i}" for i in range(3 * TAIL_MIN)]
+    fake.write_output(_name(job), *burst)
+    fake.terminate(_name(job), 0)
+    with anyio.fail_after(20):
+        assert (await backend.wait(handle)).exit_code == 0
+    assert seen == ["first", *burst]
+    tails = [int(read["tail"]) for read in _reads(fake, job)]
+    assert max(tails) > TAIL_MIN and max(tails) <= TAIL_MAX

@@ -3,17 +3,19 @@
 ACI keeps a container's log for as long as its group exists and answers it whole (up to
 4 MB) or as its last `tail` lines (`containers.list_logs`), with `timestamps=true` putting
 each line's RFC 3339 time in front of it. There is no offset or token to resume from, so
-each read asks for the last `TAIL` lines (the memory bound) and the cursor is the newest
-emitted line's time plus how many lines of that same instant were emitted: a line older
-than the cursor, or one of the instant's lines already counted, was emitted before. Lines
-of the same instant are told apart by their order, which the log keeps.
+each read asks for the last lines (a window sized to what the last read brought, from
+`TAIL_MIN`; a full window that does not reach back to the cursor is asked again, larger, up
+to `TAIL_MAX`: the memory bound) and the cursor is the newest emitted line's time plus how
+many lines of that same instant were emitted: a line older than the cursor, or one of the
+instant's lines already counted, was emitted before. Lines of the same instant are told
+apart by their order, which the log keeps.
 
 Reads run in the watch engine's round (`AciPlatform.read`, after the group's status, so a
 read after a Terminated status holds the last lines) and once more before the group is
 deleted (`drain`). A failed read never touches the run: it is said once in the agent log,
 with the fix when it is a refusal (which also ends further reads); a transient failure is
 retried on the next round, and nothing is lost as long as the container writes fewer than
-`TAIL` lines between two reads (more is said once too).
+`TAIL_MAX` lines between two reads (more is said once too).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 
 from agent.backends.aci.azure import GroupRef
@@ -29,9 +32,10 @@ from agent.backends.sdk import SdkCalls
 from agent.observe.logging import REDACTOR, get_logger
 from agent.retry import Retryable
 
-__all__ = ["TAIL", "Output", "fresh_lines"]
+__all__ = ["TAIL_MAX", "TAIL_MIN", "Output", "fresh_lines"]
 
-TAIL: Final = 2000  # lines per read: what one read may hold in memory
+TAIL_MIN: Final = 200  # lines a read asks for at least (Prefect's worker asks for 100)
+TAIL_MAX: Final = 10_000  # lines a read asks for at most: what one read may hold in memory
 _STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*(Z|[+-]\d\d:?\d\d)(?: |$)")
 _FIX: Final = (
     "give the agent's Azure identity the action Microsoft.ContainerInstance/containerGroups/containers/"
@@ -52,32 +56,24 @@ class Output:
     warned: bool = False  # the agent log said once that output is unavailable
     stopped: bool = False  # refused (or the sink failed): no more reads
     lost_said: bool = False
+    tail: int = TAIL_MIN  # the next read's window
 
     async def follow(self, sdk: SdkCalls, client: Any, ref: GroupRef, run_id: str, *, final: bool) -> None:
         """Emit the lines written since the last read. `final`: the container has ended and
         this is the last read, so a transient failure is retried with the agent's policy."""
         if self.stopped or not self.container:
             return
-
-        def read() -> str:
-            logs = client.containers.list_logs(
-                ref.resource_group, ref.name, self.container, tail=TAIL, timestamps=True
-            )
-            return str(getattr(logs, "content", "") or "")
-
-        what = f"reading the logs of container {self.container!r}"
         try:
-            content = await (sdk(read, what) if final else sdk.once(read, what))
+            lines, short = await self._window(sdk, client, ref, final)
         except InfrastructureNotFound:
             return  # no log yet (or the group went away): nothing to emit
         except BackendError as exc:
             self._unavailable(exc, run_id, refused=not isinstance(exc, Retryable))
             return
-        lines, lost = fresh_lines(REDACTOR.mask_text(content), self.cursor)  # masked before any cut
-        if lost and not self.lost_said:
+        if short and not self.lost_said:
             self.lost_said = True
             log.warning(
-                f"the container wrote more than {TAIL} lines between two reads; some of its output "
+                f"the container wrote more than {TAIL_MAX} lines between two reads; some of its output "
                 "was not shipped (lower the watch interval to read more often)",
                 flow_run_id=run_id,
             )
@@ -85,6 +81,28 @@ class Output:
             self.cursor = stamp
             if not self._send(text, run_id):
                 return
+
+    async def _window(self, sdk: SdkCalls, client: Any, ref: GroupRef, final: bool) -> tuple[list[Any], bool]:
+        """The new lines, from a window wide enough to reach back to the cursor (or `TAIL_MAX`
+        lines: then whether it still falls short); the next window fits what this one brought."""
+        what = f"reading the logs of container {self.container!r}"
+        while True:
+            tail = self.tail
+            read = partial(
+                client.containers.list_logs,
+                ref.resource_group,
+                ref.name,
+                self.container,
+                tail=tail,
+                timestamps=True,
+            )
+            logs = await (sdk(read, what) if final else sdk.once(read, what))
+            content = REDACTOR.mask_text(str(getattr(logs, "content", "") or ""))  # masked before any cut
+            lines, short = fresh_lines(content, self.cursor, tail)
+            if not short or tail >= TAIL_MAX:
+                self.tail = min(TAIL_MAX, max(TAIL_MIN, 2 * len(lines)))
+                return lines, short
+            self.tail = min(TAIL_MAX, tail * 8)
 
     def _send(self, text: str, run_id: str) -> bool:
         line = text.rstrip()
@@ -110,9 +128,10 @@ class Output:
         )
 
 
-def fresh_lines(content: str, cursor: Cursor | None) -> tuple[list[tuple[Cursor, str]], bool]:
+def fresh_lines(content: str, cursor: Cursor | None, tail: int) -> tuple[list[tuple[Cursor, str]], bool]:
     """The lines of a timestamped log newer than `cursor`, each with the cursor after it, and
-    whether lines may have been lost (a full window that starts after the cursor)."""
+    whether the window of `tail` lines may miss some (it is full and starts after the cursor,
+    or there is no cursor yet: the log may begin before the window)."""
     lines = content.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -129,8 +148,8 @@ def fresh_lines(content: str, cursor: Cursor | None) -> tuple[list[tuple[Cursor,
         if stamp < last or (stamp == last and count <= seen):
             continue
         fresh.append(((stamp, count), text))
-    lost = cursor is not None and len(lines) >= TAIL and first is not None and first > last
-    return fresh, lost
+    short = len(lines) >= tail and first is not None and (cursor is None or first > last)
+    return fresh, short
 
 
 def _split(raw: str) -> tuple[int | None, str]:
