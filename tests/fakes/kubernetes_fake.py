@@ -9,7 +9,8 @@ with fieldSelector) and the kube-system namespace (the cluster's identity).
 The fake plays job controller and kubelet: creating a job creates its pod (Pending,
 ContainerCreating, or Running at once with `auto_start`), and the hooks drive pod status;
 a pod that ends updates the job's status and conditions as the job controller would
-(a failed pod under backoffLimit gets a replacement). Point a client at it with
+(a failed pod under backoffLimit gets a replacement). Pods print with `write_output`,
+read back through the pod log endpoint (kubernetes_logs.py). Point a client at it with
 `write_kubeconfig(path)`.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 from fakes.kubernetes_http import Handler, match_labels, status_body
+from fakes.kubernetes_logs import PodLogs
 
 __all__ = ["KubernetesFake"]
 
@@ -70,6 +72,7 @@ class KubernetesFake:
         self._stopping = False
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
+        self.logs = PodLogs(self, self._cond)  # the pods' output (kubernetes_logs.py)
 
     # -- server -----------------------------------------------------------------------------------
 
@@ -253,6 +256,10 @@ class KubernetesFake:
         return pods
 
     # -- hooks that drive pod status -----------------------------------------------------------------
+
+    def write_output(self, job: str, *lines: str, same_time: bool = False) -> None:
+        """The job's newest pod prints `lines` (read back through the pod log endpoint)."""
+        self.logs.write(self._pod(job)["metadata"]["name"], lines, same_time=same_time)
 
     def _update_pod(self, job: str, status: dict[str, Any]) -> dict[str, Any]:
         """A new status for the job's newest pod. The kubelet's `startTime` (set when it

@@ -133,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
                 else str(uuid.uuid5(uuid.NAMESPACE_DNS, parts[3]))
             )
             return self._send(200, {"kind": "Namespace", "metadata": {"name": parts[3], "uid": uid}})
+        if parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] == ["pods"] and parts[6:] == ["log"]:
+            return self._log(parts[3], parts[5], query)
         resource, namespace, name = _resource(parts)
         if resource is None:
             return self._send(
@@ -168,6 +170,25 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for event in self.fake.watch_events(resource, namespace, query):
                 line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client went away
+
+    def _log(self, namespace: str, name: str, query: dict[str, str]) -> None:
+        """A pod's log: plain text, streamed in chunks while `follow` keeps it open."""
+        error = self.fake.logs.check(namespace, name, query)
+        if error is not None:
+            return self._send(*error)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for line in self.fake.logs.stream(namespace, name, query):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")

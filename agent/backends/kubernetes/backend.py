@@ -14,6 +14,11 @@ engine enforces the start deadline (`pod_watch_timeout_seconds` from creation wi
 running pod: the run fails with Kubernetes' own reason and the job is deleted) and
 `job_watch_timeout_seconds`. Finished jobs are deleted unless `finished_job_ttl` is set,
 in which case Kubernetes' TTL controller removes them later.
+
+Output (`stream_output`, on by default as in Prefect, or a job with its own `output` sink):
+the pods' flow container logs, followed while the job runs and read to their end before
+the outcome is reported and the job deleted (output.py); an adopted run's lines go to its
+flow run's log like a launched one's.
 """
 
 from __future__ import annotations
@@ -26,10 +31,20 @@ from typing import Any, ClassVar
 
 import anyio
 
-from agent.backends.base import BackendError, BackendOptions, Handle, InfrastructureNotFound, Job, LaunchError
+from agent.backends.base import (
+    BackendError,
+    BackendOptions,
+    Handle,
+    InfrastructureNotFound,
+    Job,
+    LaunchError,
+    OutputSink,
+    output_sink,
+)
 from agent.backends.engine import Watched, WatchEngine
 from agent.backends.kubernetes.cluster import Cluster, api_error, cluster_key, connect
 from agent.backends.kubernetes.jobs import JobsApi, JobState, killed, name_for, pid_for, run_log, split_pid
+from agent.backends.kubernetes.output import JobOutput
 from agent.backends.kubernetes.platform import JobEvents, JobPlatform
 from agent.backends.kubernetes.status import job_finished, run_job
 from agent.backends.kubernetes.watch import NamespaceWatch
@@ -130,7 +145,29 @@ class KubernetesBackend:
         watched.start_within = runtime.pod_watch_timeout_seconds
         watched.end_within = runtime.job_watch_timeout_seconds
         run_log(job.flow_run_id).info("created Kubernetes job", namespace=namespace, job=name)
+        if job.output is not None or runtime.stream_output:  # a direct run always wants output
+            self._follow_output(watched, output_sink(self.kind, job.flow_run_id, job.output))
         return handle
+
+    def _follow_output(self, watched: Watched[JobState], emit: OutputSink) -> None:
+        """Follow the job's pod logs in the engine's task group (output.py); the end waits
+        for the last lines before it is reported."""
+        state = watched.state
+        output = JobOutput(
+            self._watch_calls,
+            state.cluster,
+            state.namespace,
+            state.name,
+            emit,
+            watched.flow_run_id,
+            interval=self._options.watch_interval,
+        )
+        state.output = output
+
+        def alive() -> bool:
+            return not watched.done.is_set() and self._engine.get(watched.pid) is watched
+
+        self._engine.spawn(lambda: output.run(alive))
 
     async def find(self, job: Job[KubernetesRuntime]) -> Handle[KubernetesRuntime] | None:
         """The run's job in the payload's namespace, by its `prefect.io/flow-run-id` label."""
@@ -172,6 +209,9 @@ class KubernetesBackend:
             Watched(Handle(self.kind, pid, handle.flow_run_id, handle.runtime), state)
         )
         watched.started = True
+        runtime: KubernetesRuntime | None = handle.runtime
+        if watched.state is state and (runtime is None or runtime.stream_output):
+            self._follow_output(watched, output_sink(self.kind, handle.flow_run_id))  # to its run's log
         self._ensure_watch(cluster, namespace)
         self._events.on_event(cluster, namespace, "jobs", "MODIFIED", dict(job))
         return watched

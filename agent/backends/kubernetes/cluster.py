@@ -27,6 +27,8 @@ __all__ = ["ApiException", "Cluster", "Gone", "api_error", "cluster_key", "conne
 
 _HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 _TIMEOUT = (10.0, 30.0)  # connect, read (seconds) for ordinary requests
+_CHUNK = 64 * 1024  # bytes read at a time from a streamed answer
+_LINE_LIMIT = 1 << 20  # longest line of a streamed answer kept whole (bytes)
 _HINTS = {
     401: "check the credentials in the kubeconfig or cluster_config",
     403: "check the RBAC rules of the agent's service account (jobs, pods, events in the namespace) "
@@ -87,6 +89,34 @@ class Cluster:
                         raise Gone()
                     raise ApiException(status=status.get("code"), reason=status.get("message"))
                 yield event
+        finally:
+            self._streams.discard(raw)
+            raw.release_conn()
+
+    def lines(self, path: str, query: Mapping[str, str], read_timeout: float) -> Iterator[str]:
+        """The lines of one plain-text answer (a followed pod log) as they come, each cut at
+        `_LINE_LIMIT` bytes, until the server ends it; ApiException on a non-2xx answer."""
+        response = self._open("GET", path, query, None, (10.0, read_timeout))
+        if not 200 <= response.status <= 299:
+            body = response.read().decode(errors="replace")
+            raise ApiException.from_response(http_resp=response, body=body, data=None)
+        raw = response.response
+        self._streams.add(raw)
+        try:
+            if self._closing:
+                return
+            pending = bytearray()
+            for chunk in raw.stream(amt=_CHUNK, decode_content=True):
+                pending.extend(chunk)
+                *complete, rest = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode(errors="replace")
+                pending = bytearray(rest)
+                while len(pending) > _LINE_LIMIT:  # a line with no end in sight: what is there
+                    yield pending[:_LINE_LIMIT].decode(errors="replace")
+                    del pending[:_LINE_LIMIT]
+            if pending:
+                yield pending.decode(errors="replace")
         finally:
             self._streams.discard(raw)
             raw.release_conn()

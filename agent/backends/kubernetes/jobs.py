@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from agent.backends.base import BackendError, InfrastructureNotFound, LaunchError
 from agent.backends.kubernetes.cluster import ApiException, Cluster
+from agent.backends.kubernetes.output import JobOutput
 from agent.backends.kubernetes.status import newest_pod, outcome_from_pod
 from agent.backends.sdk import SdkCalls
 from agent.observe.logging import get_logger
@@ -49,6 +50,7 @@ class JobState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last seen copy of each
     problem: str = ""  # why its pod is not running, in Kubernetes' words
     killed: bool = False
+    output: JobOutput | None = None  # its pods' log follower, when output is wanted
 
 
 def run_log(flow_run_id: str) -> Any:

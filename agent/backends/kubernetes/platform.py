@@ -95,14 +95,19 @@ class JobEvents:
         """The job has a Complete or Failed condition: its pods say how it ended."""
 
         async def outcome() -> Outcome:
-            return await self._api.read_outcome(watched.state, failure, watched.flow_run_id)
+            ended = await self._api.read_outcome(watched.state, failure, watched.flow_run_id)
+            if watched.state.output is not None:  # the last lines, before the job is deleted
+                await watched.state.output.finish()  # and before the waiter hears the end
+            return ended
 
         self._engine.end(watched, outcome, clean_up=not watched.state.keep)
 
     def _on_pod(self, watched: Watched[JobState], kind: str, pod: dict[str, Any]) -> None:
+        state = watched.state
+        if state.output is not None:
+            state.output.on_pod(kind, pod)
         if kind == "DELETED":
             return
-        state = watched.state
         state.pods[(pod.get("metadata") or {}).get("name", "")] = pod
         if pod_started(pod):
             watched.started = True
