@@ -51,7 +51,8 @@ _STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*
 _PATH: Final = re.compile(
     r"^projects/(?P<p>[^/]+)/locations/(?P<r>[^/]+)/jobs/(?P<j>[^/]+)/executions/(?P<e>[^/]+)$"
 )
-_TIMEOUT: Final = 30.0
+_TIMEOUT: Final = 10.0  # seconds a round's read may take (it shares the round with status reads)
+_FINAL_TIMEOUT: Final = 30.0
 _FIX: Final = (
     "give the run's credentials the Logs Viewer role (roles/logging.viewer: logging.logEntries.list) "
     "in the project"
@@ -162,9 +163,8 @@ class Output:
     @staticmethod
     async def _page(calls: SdkCalls, clients: Clients, body: dict[str, Any], final: bool) -> dict[str, Any]:
         def post() -> dict[str, Any]:
-            response = clients.logs.post(
-                f"{clients.logging_url}/v2/entries:list", json=body, timeout=_TIMEOUT
-            )
+            url = f"{clients.logging_url}/v2/entries:list"
+            response = clients.logs.post(url, json=body, timeout=_FINAL_TIMEOUT if final else _TIMEOUT)
             if response.status_code >= 400:
                 raise gexc.from_http_response(response)
             answer = response.json()
