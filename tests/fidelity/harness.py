@@ -101,7 +101,9 @@ def edited(template: dict[str, Any], edits: list[tuple[tuple[str | int, ...], An
     return template
 
 
-async def both_sides(world: World, worker: type, pool_type: str, case: Case, finish: Any) -> Sides:
+async def both_sides(
+    world: World, worker: type, pool_type: str, case: Case, finish: Any, *, base_env: Mapping[str, str] = {}
+) -> Sides:
     """Create pool, deployment and run on the server; build both sides' payloads."""
     case = with_blocks(case, world)
     suffix = uuid.uuid4().hex[:8]
@@ -133,7 +135,7 @@ async def both_sides(world: World, worker: type, pool_type: str, case: Case, fin
     async with PrefectClient(world.url) as api:
         builder = JobBuilder(
             api,
-            Kinds(python=sys.executable, base_env={}),
+            Kinds(python=sys.executable, base_env=base_env),
             api_url=world.url,
             api_key=None,
             auth_string=None,
