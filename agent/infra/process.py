@@ -33,7 +33,14 @@ from agent.infra.patch import parse_customizations
 from agent.infra.spec import RunContext
 from agent.infra.templating import InfraError
 
-__all__ = ["ProcessJobConfig", "ProcessKind", "ProcessRuntime", "process_config"]
+__all__ = ["SUPERVISOR_MODULE", "ProcessJobConfig", "ProcessKind", "ProcessRuntime", "process_config"]
+
+# Prefect's workspace supervisor (3.8.8): prepares the run's workspace, then execs the engine,
+# under `uv run` for a uv project when PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES is on. The
+# backend appends its config file at launch (backends/process/workspace.py).
+SUPERVISOR_MODULE: Final = "prefect.runner._workspace_supervisor"
+_AUTO_INSTALL: Final = "PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"
+_TRUE: Final = frozenset({"1", "true", "t", "yes", "y", "on"})  # pydantic's bool words
 
 
 def _platform_path(value: Any) -> Any:
@@ -186,11 +193,20 @@ class ProcessKind:
         assert isinstance(config, ProcessJobConfig)
         env = merged_env({**self._base_env, **ctx.env}, config.env)
         return {
-            "command": list(config.command or [self._python, "-m", "prefect.engine"]),
+            "command": list(config.command or self._default_command(env)),
             "env": env,
             "cwd": str(config.working_dir) if config.working_dir else None,
             "stream_output": config.stream_output,
         }
+
+    def _default_command(self, env: Mapping[str, str]) -> list[str]:
+        """Prefect's engine; through Prefect's workspace supervisor when the run asks for
+        its project's dependencies (`uv run`), which only the supervisor provides. Otherwise
+        the engine itself: it runs the same pull steps and storage, one interpreter start
+        sooner, and can be forked warm (ARCHITECTURE.md, "The process start path")."""
+        if env.get(_AUTO_INSTALL, "").strip().lower() in _TRUE:
+            return [self._python, "-m", SUPERVISOR_MODULE]
+        return [self._python, "-m", "prefect.engine"]
 
     def customizations(self, config: BaseModel) -> list[dict[str, Any]]:
         assert isinstance(config, ProcessJobConfig)

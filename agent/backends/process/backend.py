@@ -39,6 +39,7 @@ from agent.backends.base import (
     output_sink,
 )
 from agent.backends.engine import Watched, WatchEngine
+from agent.backends.process import workspace
 from agent.backends.process.control import ControlChannel
 from agent.backends.process.records import (
     Record,
@@ -70,6 +71,7 @@ class _Proc:
     record: Record | None
     child: asyncio.subprocess.Process | None = None
     temp_dir: str | None = None
+    attempt: str | None = None  # the workspace supervisor's config and manifest
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     output: OutputSink | None = None  # the job's sink (None: the agent log)
 
@@ -104,6 +106,7 @@ class _Local:
     async def clean_up(self, watched: Watched[_Proc], outcome: Outcome) -> None:
         if watched.state.temp_dir:
             shutil.rmtree(watched.state.temp_dir, ignore_errors=True)
+        workspace.discard(watched.state.attempt)
 
 
 class ProcessBackend:
@@ -136,6 +139,9 @@ class ProcessBackend:
         path = self._records.path(job.flow_run_id)
         # after the job's env, as Prefect's worker sets them: the engine's control channel
         env = {**(payload.get("env") or {}), **await self._control.register(job.flow_run_id)}
+        command, attempt = await workspace.prepare(
+            command, flow_run_id=job.flow_run_id, cwd=str(cwd), env=env
+        )
         try:
             proc = await start_supervised(
                 command,
@@ -147,13 +153,16 @@ class ProcessBackend:
             )
         except BaseException as exc:
             self._control.unregister(job.flow_run_id)
+            workspace.discard(attempt)
             self._undo(temp_dir, records)
             if isinstance(exc, (OSError, ValueError)):
                 raise LaunchError(launch_message(command, cwd, exc)) from exc
             raise
         handle = Handle(self.kind, f"{self.hostname}:{proc.pid}", job.flow_run_id, runtime=job.runtime)
         record = records[0] if records else None
-        watched = self._engine.track(Watched(handle, _Proc(record, proc, temp_dir, output=job.output)))
+        watched = self._engine.track(
+            Watched(handle, _Proc(record, proc, temp_dir, attempt, output=job.output))
+        )
         self._engine.spawn(lambda: self._follow(watched))
         return handle
 
