@@ -65,6 +65,8 @@ class KubernetesBackend:
         self._calls = SdkCalls(options.retry, api_error)
         # watch reads block for minutes: kept off the shared thread pool, tried once each
         self._watch_calls = SdkCalls(options.retry, api_error, limiter=anyio.CapacityLimiter(1000))
+        # followed pod logs block for a run's life: their own threads, so they never starve the watches
+        self._log_calls = SdkCalls(options.retry, api_error, limiter=anyio.CapacityLimiter(1000))
         self._api = JobsApi(self._calls)
         self._engine: WatchEngine[JobState] = WatchEngine(
             "kubernetes",
@@ -154,7 +156,7 @@ class KubernetesBackend:
         for the last lines before it is reported."""
         state = watched.state
         output = JobOutput(
-            self._watch_calls,
+            self._log_calls,
             state.cluster,
             state.namespace,
             state.name,
