@@ -5,7 +5,8 @@ data or the pool's base job template, job variables, `{{ }}` references, the kin
 config), then the kind's payload and the user's JSON Patch customizations. Only the run
 context differs: there is no flow run, so nothing Prefect-specific is put into the
 workload's environment (no API URL, no key), and its workload is named `direct-<id>` with
-the label `flow-agent.io/direct-run`, so a person tells it from a flow run's at a glance.
+the label `flow-agent.io/direct-run` (its "flow name" is `direct-run`), so a person tells
+it from a flow run's at a glance.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agent.runtime.jobs import JobBuilder
 __all__ = ["DIRECT_LABEL", "DirectBuilder", "DirectError", "Request", "Target", "direct_name"]
 
 DIRECT_LABEL: Final = "flow-agent.io/direct-run"
+DIRECT_FLOW_NAME: Final = "direct-run"
 _RUN_LABEL: Final = "prefect.io/flow-run-id"  # backends find and watch workloads by it
 _POOL: Final = "pool"
 
@@ -185,7 +187,9 @@ class DirectBuilder:
         return str(document["id"])
 
     def _context(self, run_id: str, name: str, target: Target) -> RunContext:
-        labels = {_RUN_LABEL: run_id, DIRECT_LABEL: "true"}
+        # the flow name names what a kind reuses across runs (an ECS task definition family,
+        # an ACI group's prefix): one stable name for all direct runs
+        labels = {_RUN_LABEL: run_id, DIRECT_LABEL: "true", "prefect.io/flow-name": DIRECT_FLOW_NAME}
         if target.slug is None:
             labels["prefect.io/work-pool-name"] = target.name
         return RunContext(

@@ -22,13 +22,15 @@ __all__ = ["Result", "exit_status", "kill_and_clean", "result_of", "run_job"]
 
 # What a shell would say for a workload that has no exit status of its own.
 NO_STATUS: Final = 1
+OOM_STATUS: Final = 128 + signal.SIGKILL
 _CLEANUP_WAIT: Final = 60.0  # seconds for the end and the cleanup after a kill
 
 
 @dataclass(frozen=True)
 class Result:
     """How a direct run ended. `exit_code` is the workload's (a signal as 128+N, as a shell
-    shows it), or 1 when it has none (never started, lost); `explanation` is one line."""
+    shows it; an OOM kill without a code is 137), or 1 when it has none (never started,
+    lost); `explanation` is one line."""
 
     exit_code: int
     oom: bool
@@ -43,8 +45,8 @@ class Result:
 
 def exit_status(outcome: Outcome) -> int:
     code = outcome.exit_code
-    if code is None:
-        return NO_STATUS
+    if code is None:  # a platform that says "OOM" without a code: what a shell shows for it
+        return OOM_STATUS if outcome.oom else NO_STATUS
     if code < 0:  # a local process killed by a signal: the shell's 128+N
         return 128 + min(-code, 127)
     return code if code < 256 else NO_STATUS
