@@ -24,6 +24,7 @@ from agent.api.models import (
     OrchestrationResult,
     ScheduledRun,
     SetStateStatus,
+    State,
     StateType,
     Worker,
     WorkPool,
@@ -47,12 +48,15 @@ def auth_headers(api_key: str | None, auth_string: str | None) -> dict[str, str]
 
 
 class ClaimResult:
-    __slots__ = ("claimed", "reason", "lease_id")
+    __slots__ = ("claimed", "reason", "lease_id", "state")
 
-    def __init__(self, claimed: bool, reason: str = "", lease_id: str | None = None) -> None:
+    def __init__(
+        self, claimed: bool, reason: str = "", lease_id: str | None = None, state: State | None = None
+    ) -> None:
         self.claimed = claimed
         self.reason = reason
         self.lease_id = lease_id
+        self.state = state  # a lost claim: the run's state as the server answered (the winner's)
 
 
 class PrefectClient:
@@ -255,7 +259,7 @@ class PrefectClient:
         )
         if not ours:
             where = f" into {state.type.value}/{state.name}" if state else ""
-            return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}")
+            return ClaimResult(False, reason=f"{result.status.value}{where}: {result.reason}", state=state)
         assert state is not None
         if not state.state_details.get("scheduled_time"):
             # The server also accepts PENDING from CRASHED/FAILED/COMPLETED (that is how a

@@ -16,8 +16,18 @@ Fallback: a run of another agent's share is taken over once this agent has seen 
 other queues. The owner that left it is then counted out for `suspend` seconds, so its
 share is spread among the others instead of being taken over run by run.
 
-Backing off: losing a run of our own share means an agent we do not know is claiming (it
-just started, or our view is old): the rest of the batch is not claimed, the worker rows
+Starting: until this agent has seen its own heartbeat row, others may not count it yet,
+nor it them (they all start at once after a deploy). Meanwhile it reads the rows at every
+poll, claims at most one batch of `young_batch` runs at a time, and claims the runs of the
+page with its highest hash first, which are the runs most likely its own whoever else is
+there: blind agents then pick different runs instead of all taking the page's head. A busy
+agent (its last page was not empty) reads the rows every `busy_refresh` seconds, so it
+counts a newcomer soon and stops claiming the newcomer's share.
+
+Backing off: a lost claim's answer is the run's new state, whose message names the agent
+that won it. An agent we did not count (it started after our last look at the worker rows)
+is counted in at once, and the runs of the batch that are now its share are left to it.
+A winner we cannot name (not a flow-agent, or a stale page) stops the batch: the worker rows
 are read again and the pool polled again. Losing a taken-over run means its owner is alive
 after all: the rest of its share waits another grace.
 """
@@ -81,8 +91,12 @@ class Claim:
 class _PoolView:
     peers: frozenset[str] = frozenset()
     read_at: float | None = None  # when the worker rows were last read
+    learned: dict[str, float] = field(default_factory=dict)  # winners of lost races -> until
     stale: bool = True  # read them before the next poll
     backing_off: bool = False  # an own-share claim of this batch was lost
+    young: bool = True  # our own heartbeat row was not in the last read
+    busy: bool = False  # the last page was not empty
+    capped: bool = False  # the last plan left some of our share for the next batch
     first_seen: dict[str, float] = field(default_factory=dict)  # others' runs: when we saw them
     suspended: dict[str, float] = field(default_factory=dict)  # agent -> counted out until
 
@@ -98,12 +112,16 @@ class Spread:
         grace: float,
         suspend: float,
         refresh_every: float,
+        busy_refresh: float = 1.0,
+        young_batch: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.me = me
         self._grace = grace
         self._suspend = suspend
         self._refresh_every = refresh_every
+        self._busy_refresh = busy_refresh
+        self._young_batch = young_batch
         self._clock = clock
         self._views: dict[str, _PoolView] = {}
         self.lost_races = 0  # claims lost to another agent (or to a stale page), all pools
@@ -116,16 +134,21 @@ class Spread:
         """Who shares the pool's runs now: the live peers not counted out, and this agent."""
         view = self._view(pool)
         now = self._clock()
-        for name, until in list(view.suspended.items()):
-            if until <= now:
-                del view.suspended[name]
-        return {name for name in view.peers if name not in view.suspended} | {self.me}
+        for timed in (view.suspended, view.learned):
+            for name, until in list(timed.items()):
+                if until <= now:
+                    del timed[name]
+        return {name for name in view.peers | view.learned.keys() if name not in view.suspended} | {self.me}
 
     # -- the worker rows -------------------------------------------------------------------------
 
     def wants_workers(self, pool: str) -> bool:
         view = self._view(pool)
-        return view.stale or view.read_at is None or self._clock() - view.read_at >= self._refresh_every
+        if view.stale or view.read_at is None:
+            return True
+        age = self._clock() - view.read_at
+        every = self._busy_refresh if view.young or view.busy else self._refresh_every
+        return age >= every
 
     def saw_workers(self, pool: str, workers: Iterable[Worker], now: datetime | None = None) -> None:
         view = self._view(pool)
@@ -133,6 +156,7 @@ class Spread:
         if peers - {self.me} != view.peers - {self.me}:
             log.debug("agents sharing the pool", pool=pool, agents=sorted(peers | {self.me}))
         view.peers, view.read_at, view.stale = peers, self._clock(), False
+        view.young = self.me not in peers
 
     # -- a batch ------------------------------------------------------------------------------
 
@@ -146,7 +170,7 @@ class Spread:
     def plan(self, pool: str, page: list[ScheduledRun]) -> list[Claim]:
         """What to claim of `page`, in order: our own share, then the takeovers that are due."""
         view = self._view(pool)
-        view.backing_off = False
+        view.backing_off, view.busy = False, bool(page)
         agents = self.agents(pool)
         now = self._clock()
         seen, mine, others = view.first_seen, [], []
@@ -160,13 +184,17 @@ class Spread:
             view.first_seen[run_id] = first = seen.get(run_id, now)
             if now - first >= self._grace:
                 others.append(Claim(item, share, takeover=True))
+        view.capped = view.young and len(mine) > self._young_batch
+        if view.young:  # blind: our likeliest own runs first, one batch at a time
+            mine.sort(key=lambda claim: score(claim.run_id, self.me), reverse=True)
+            return mine[: self._young_batch]
         return mine + others
 
     def still_wanted(self, pool: str, claim: Claim) -> bool:
         """Checked just before each claim: the batch's losses so far may have changed our mind."""
         view = self._view(pool)
         if not claim.takeover:
-            return not view.backing_off
+            return not view.backing_off and owner(claim.run_id, self.agents(pool)) == self.me
         first = view.first_seen.get(claim.run_id)
         return first is not None and self._clock() - first >= self._grace
 
@@ -188,12 +216,18 @@ class Spread:
             for_seconds=f"{self._suspend:g}",
         )
 
-    def lost(self, pool: str, claim: Claim) -> None:
+    def lost(self, pool: str, claim: Claim, winner: str | None = None) -> None:
+        """`winner`: the agent that claimed the run, if its claim says so."""
         self.lost_races += 1
         view = self._view(pool)
+        if winner is not None and winner not in self.agents(pool):
+            # an agent we did not count: count it in now (its heartbeat row will follow)
+            view.learned[winner] = self._clock() + self._suspend
+            view.stale = True
+            log.debug("another agent claims from the pool", pool=pool, agent=winner)
         if not claim.takeover:
-            # someone we do not know claims our share: stop this batch, look again
-            view.backing_off = view.stale = True
+            if winner is None:  # someone we cannot name claims our share: stop, look again
+                view.backing_off = view.stale = True
             return
         # its owner is alive after all: the rest of its share waits another grace
         now = self._clock()
@@ -204,3 +238,7 @@ class Spread:
 
     def backing_off(self, pool: str) -> bool:
         return self._view(pool).backing_off
+
+    def capped(self, pool: str) -> bool:
+        """The last plan kept part of our share for the next batch: poll again soon."""
+        return self._view(pool).capped

@@ -35,6 +35,7 @@ from agent.observe.logging import get_logger
 from agent.observe.metrics import Metrics
 from agent.retry import Interrupted, retry_scope
 from agent.runtime.claims import SERVER_PAGE, Claim, Spread
+from agent.runtime.ownership import owner_of
 from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
@@ -46,7 +47,7 @@ log = get_logger("agent.runtime.poller")
 _BACKLOG_EVERY = 5.0  # seconds at least between looks at the backlog (two requests per pool)
 # Another agent's run is taken over once seen waiting this many poll intervals: its owner
 # polls at the same interval (jittered ±10 %), so a live owner has had a poll of its own.
-_GRACE_INTERVALS = 1.5
+_GRACE_INTERVALS = 2.0
 _SUSPEND_SECONDS = 60.0  # an owner that left its share: counted out this long (at least)
 _PEERS_EVERY = 10.0  # seconds at least between reads of a pool's worker rows
 
@@ -82,6 +83,7 @@ class Poller:
             grace=_GRACE_INTERVALS * interval,
             suspend=max(_SUSPEND_SECONDS, 10 * interval),
             refresh_every=max(_PEERS_EVERY, 2 * interval),
+            young_batch=claim_concurrency,
         )
         self.last_poll: float | None = None  # monotonic time of the last successful poll
         self.claimed = 0
@@ -129,7 +131,7 @@ class Poller:
             won = await self._claim_all(name, self.spread.plan(name, scheduled), stop, runs)
             full = len(scheduled) >= (limit or SERVER_PAGE)
             # a full page of runs all left to others (a dead peer's backlog) is no reason to hurry
-            again |= self.spread.backing_off(name) or (full and won > 0)
+            again |= self.spread.backing_off(name) or (won > 0 and (full or self.spread.capped(name)))
         return again
 
     async def _look_at_peers(self, name: str, stop: anyio.Event) -> None:
@@ -250,7 +252,10 @@ class Poller:
                 return
         if not result.claimed:
             self._slots.release()
-            self.spread.lost(pool_name, claim)
+            # the answer is the run's new state: the winner's claim message names it
+            won_by = run.model_copy(update={"state": result.state, "labels": {}})
+            winner = owner_of(won_by) if result.state else None
+            self.spread.lost(pool_name, claim, winner=winner.name if winner else None)
             self._metrics.claim_lost(pool_name)
             log.debug("run taken by someone else", flow_run_id=run.id, reason=result.reason)
             return

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.api.models import FlowRun, ScheduledRun, Worker
-from agent.runtime.claims import SERVER_PAGE, Spread, live_agents, owner
+from agent.runtime.claims import SERVER_PAGE, Spread, live_agents, owner, score
 
 GRACE = 7.5
 SUSPEND = 60.0
@@ -103,7 +103,46 @@ def test_this_agent_counts_itself_before_its_first_heartbeat() -> None:
     s = spread("a", {"b"})
     assert s.agents("p") == {"a", "b"}
     fresh = Spread("a", grace=GRACE, suspend=SUSPEND, refresh_every=10.0)
-    assert [c.run_id for c in fresh.plan("p", page(["r1", "r2"]))] == ["r1", "r2"]
+    assert {c.run_id for c in fresh.plan("p", page(["r1", "r2"]))} == {"r1", "r2"}
+
+
+def test_before_it_sees_its_own_row_an_agent_claims_one_batch_of_its_likeliest_runs() -> None:
+    ids = seeded_ids(100)
+    young = Spread("a", grace=GRACE, suspend=SUSPEND, refresh_every=10.0, young_batch=8)
+    plan = young.plan("p", page(ids))
+    assert [c.run_id for c in plan] == sorted(ids, key=lambda i: score(i, "a"), reverse=True)[:8]
+    assert young.capped("p")
+    young.saw_workers("p", [worker("a")])  # its heartbeat landed: no one else, the whole page
+    plan = young.plan("p", page(ids))
+    assert [c.run_id for c in plan] == ids and not young.capped("p")
+
+
+def test_agents_blind_to_each_other_mostly_pick_different_runs() -> None:
+    ids = seeded_ids(100)
+    batches = [
+        {c.run_id for c in Spread(me, grace=GRACE, suspend=SUSPEND, refresh_every=10.0).plan("p", page(ids))}
+        for me in ("agent-a", "agent-b", "agent-c", "agent-d")
+    ]
+    # 32 claims: about 4 collide by chance (8 x 8 / 100 per pair); the page's head would be 8 runs
+    assert len(set().union(*batches)) >= 24
+
+
+def test_worker_rows_are_read_often_while_starting_or_busy_and_seldom_when_idle() -> None:
+    clock = Clock()
+    s = Spread("a", grace=GRACE, suspend=SUSPEND, refresh_every=10.0, busy_refresh=1.0, clock=clock)
+    assert s.wants_workers("p")
+    s.saw_workers("p", [])  # our heartbeat is not in yet
+    clock.now += 1.0
+    assert s.wants_workers("p")
+    s.saw_workers("p", [worker("a")])
+    s.plan("p", [])
+    clock.now += 5.0
+    assert not s.wants_workers("p")  # idle
+    s.plan("p", page(["r1"]))
+    assert s.wants_workers("p")  # busy: a newcomer would be counted within a second
+    s.saw_workers("p", [worker("a")])
+    clock.now += 0.5
+    assert not s.wants_workers("p")
 
 
 # -- fallback: no run waits on a dead agent --------------------------------------------------------
@@ -157,7 +196,7 @@ def test_a_run_gone_from_the_page_is_forgotten() -> None:
 # -- backing off ---------------------------------------------------------------------------------
 
 
-def test_losing_our_own_share_stops_the_batch_and_asks_for_the_workers() -> None:
+def test_losing_to_an_agent_we_cannot_name_stops_the_batch_and_asks_for_the_workers() -> None:
     s = spread("a", {"a"})
     assert not s.wants_workers("p")
     plan = s.plan("p", page(seeded_ids(10)))
@@ -167,6 +206,30 @@ def test_losing_our_own_share_stops_the_batch_and_asks_for_the_workers() -> None
     s.saw_workers("p", [worker("a"), worker("b")])
     plan = s.plan("p", page(seeded_ids(10)))  # a new batch with the new view
     assert not s.backing_off("p") and all(s.still_wanted("p", c) for c in plan)
+
+
+def test_losing_to_a_newcomer_counts_it_in_and_leaves_it_its_share_at_once() -> None:
+    clock = Clock()
+    s = spread("a", {"a"}, clock)
+    ids = seeded_ids(40)
+    plan = s.plan("p", page(ids))
+    assert len(plan) == 40
+    s.lost("p", plan[0], winner="b")
+    assert s.agents("p") == {"a", "b"} and not s.backing_off("p") and s.wants_workers("p")
+    wanted = [c.run_id for c in plan[1:] if s.still_wanted("p", c)]
+    assert wanted == [i for i in ids[1:] if owner(i, {"a", "b"}) == "a"]
+
+    s.saw_workers("p", [worker("a")])  # its first heartbeat is not in yet: still counted
+    assert s.agents("p") == {"a", "b"}
+    clock.now += SUSPEND  # never heartbeated: it went away
+    assert s.agents("p") == {"a"}
+
+
+def test_losing_to_an_agent_we_count_changes_nothing() -> None:
+    s = spread("a", {"a", "b"})  # b does not count us yet: it claims some of our share
+    plan = s.plan("p", page(seeded_ids(40)))
+    s.lost("p", plan[0], winner="b")
+    assert not s.backing_off("p") and all(s.still_wanted("p", c) for c in plan[1:])
 
 
 def test_losing_a_takeover_gives_the_owner_another_grace() -> None:
