@@ -252,6 +252,9 @@ def test_the_recorded_answer_through_the_sdk_model_and_the_cursor() -> None:
     # the cursor inside an instant: the second of the two equal lines is still new
     partial, _ = fresh_lines(content, lines[1][0], TAIL_MIN)
     assert [text for _, text in partial] == fixture["lines"][2:]
+    # a window that starts inside that instant (its first line cut off) falls short: widened
+    cut = content.split("\n", 2)[2]
+    assert fresh_lines(cut, lines[1][0], 2)[1]
 
 
 def test_a_full_window_falls_short_unless_it_reaches_back_to_the_cursor() -> None:
@@ -259,7 +262,8 @@ def test_a_full_window_falls_short_unless_it_reaches_back_to_the_cursor() -> Non
     lines, short = fresh_lines(window, (0, 1), 50)
     assert short and len(lines) == 50
     assert fresh_lines(window, None, 50)[1]  # no cursor yet: the log may begin before the window
-    assert not fresh_lines(window, lines[0][0], 50)[1]  # the window starts at the cursor
+    assert fresh_lines(window, lines[0][0], 50)[1]  # it may start inside the cursor's instant
+    assert not fresh_lines(window, lines[1][0], 50)[1]  # it starts before the cursor
     assert not fresh_lines(window, (0, 1), 51)[1]  # not full: the whole log
 
 

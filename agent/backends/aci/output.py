@@ -130,8 +130,8 @@ class Output:
 
 def fresh_lines(content: str, cursor: Cursor | None, tail: int) -> tuple[list[tuple[Cursor, str]], bool]:
     """The lines of a timestamped log newer than `cursor`, each with the cursor after it, and
-    whether the window of `tail` lines may miss some (it is full and starts after the cursor,
-    or there is no cursor yet: the log may begin before the window)."""
+    whether the window of `tail` lines may miss some (it is full and starts at or after the
+    cursor's instant, or there is no cursor yet: the log may begin before the window)."""
     lines = content.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -148,7 +148,9 @@ def fresh_lines(content: str, cursor: Cursor | None, tail: int) -> tuple[list[tu
         if stamp < last or (stamp == last and count <= seen):
             continue
         fresh.append(((stamp, count), text))
-    short = len(lines) >= tail and first is not None and (cursor is None or first > last)
+    # a full window that starts at the cursor's instant may start inside it, where the count
+    # of that instant's lines would be off: it falls short too
+    short = len(lines) >= tail and first is not None and (cursor is None or first >= last)
     return fresh, short
 
 
