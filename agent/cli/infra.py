@@ -204,6 +204,9 @@ def _detach(settings: Settings, where: Any, request: Any) -> int:
         ident = start_follower(argv, encode_request(where, request, str(uuid.uuid4())), os.environ)
     except DirectError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo("flow-agent: interrupted; the launch was stopped", err=True)
+        return EXIT_INTERRUPTED
     typer.echo(ident)
     return 0
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any
 
 import psutil
 
@@ -26,8 +25,6 @@ from agent.direct.build import DirectError, Request, Target
 from agent.direct.run import Result
 
 __all__ = ["Records", "encode_request", "decode_request", "start_follower"]
-
-_ANSWER_WITHIN: Final = 300.0  # seconds for a follower to launch (a cloud launch can be slow)
 
 
 class Records:
@@ -116,12 +113,13 @@ def start_follower(argv: Sequence[str], request: bytes, env: Mapping[str, str]) 
         env=dict(env),
     )
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(request)
-    proc.stdin.close()
-    deadline = time.monotonic() + _ANSWER_WITHIN
-    line = b""
-    while not line and time.monotonic() < deadline and proc.poll() is None:
-        line = proc.stdout.readline()
+    try:
+        proc.stdin.write(request)
+        proc.stdin.close()
+        line = proc.stdout.readline()  # its answer, or EOF when it died first
+    except BaseException:  # Ctrl-C while it launches: it stops what it started, as a run does
+        proc.terminate()
+        raise
     answer, _, rest = line.decode(errors="replace").strip().partition(" ")
     if answer == "id" and rest:
         return rest

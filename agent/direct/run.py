@@ -16,6 +16,7 @@ from typing import Final
 import anyio
 
 from agent.backends.base import Backend, Handle, Job
+from agent.observe.logging import REDACTOR
 from agent.outcome import Outcome, Reason
 
 __all__ = ["Result", "exit_status", "kill_and_clean", "result_of", "run_job"]
@@ -53,7 +54,8 @@ def exit_status(outcome: Outcome) -> int:
 
 
 def result_of(outcome: Outcome, infrastructure_id: str) -> Result:
-    explanation = "" if outcome.succeeded else outcome.message()
+    # the platform's own words may quote the workload's env or output: masked here, once
+    explanation = "" if outcome.succeeded else REDACTOR.mask_text(outcome.message())
     return Result(exit_status(outcome), outcome.oom, explanation, infrastructure_id, outcome.reason.value)
 
 
