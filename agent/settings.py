@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     # -- backends ------------------------------------------------------------------------------------
     python: str = Field(default_factory=lambda: sys.executable)
+    warm_start: bool = Field(
+        True, description="Fork default-command process runs from an engine with Prefect imported."
+    )
     watch_interval: float = Field(5.0, gt=0, description="Seconds between status reads of cloud runs.")
     gcp_endpoint: str | None = None
     azure_arm_endpoint: str | None = None

@@ -64,6 +64,7 @@ class BackendOptions:
     gcp_logging_endpoint: str | None = None  # Cloud Logging API base URL (default: Google's)
     azure_arm_endpoint: str | None = None  # ARM base URL (tests point it at a fake)
     kubeconfig: str | None = None  # default: in-cluster config, else ~/.kube/config
+    warm_start: bool = True  # process runs of the default command fork from a warm engine
 
 
 @dataclass(frozen=True)

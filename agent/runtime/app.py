@@ -67,6 +67,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         gcp_endpoint=settings.gcp_endpoint,
         azure_arm_endpoint=settings.azure_arm_endpoint,
         kubeconfig=settings.kubeconfig,
+        warm_start=settings.warm_start,
     )
 
 

@@ -51,6 +51,7 @@ from agent.backends.process.records import (
     reloaded,
 )
 from agent.backends.process.spawn import LINE_LIMIT, launch_message, start_supervised
+from agent.backends.process.warm import WarmEngine
 from agent.infra.process import ProcessRuntime
 from agent.observe.logging import REDACTOR
 from agent.outcome import Outcome, Reason
@@ -122,6 +123,7 @@ class ProcessBackend:
         self._engine: WatchEngine[_Proc] = WatchEngine(
             "process", platform, interval=_POLL, retry=options.retry
         )
+        self._warm = WarmEngine(self._engine.spawn, enabled=options.warm_start)
         self._control = ControlChannel()
 
     # -- launch ----------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class ProcessBackend:
                 stream=bool(payload.get("stream_output", True)),
                 marker=str(path) if path else None,
                 on_spawned=lambda pid: records.extend(self._record(job.flow_run_id, command, pid)),
+                warm=self._warm,
             )
         except BaseException as exc:
             self._control.unregister(job.flow_run_id)
@@ -319,6 +322,7 @@ class ProcessBackend:
 
     async def aclose(self) -> None:
         await self._engine.aclose()
+        await self._warm.aclose()
         await self._control.aclose()
 
 

@@ -12,6 +12,8 @@ of the run's new session:
 2. It starts COMMAND as its child in its own process group, with the signal dispositions
    and mask the agent's own child would have had, and answers on the STATUS pipe: "ok", or
    "E<errno>" when the command could not be started (the agent raises its launch error).
+   A warm start (zygote.py) forked the command already, as a Prefect engine waiting in
+   this session; RELAY "1,PID,GO,OUT" names it, and "go" on GO is what starts it.
 3. Only then does it ignore SIGTERM and SIGINT: a kill of the group reaches the command,
    and the shim lives on to record how it ended. SIGKILL to the group ends both (an agent
    that is alive then sees -9 from the shim, as it would from the command).
@@ -43,7 +45,9 @@ def main(argv):
     if len(argv) < 7 or argv[5] != "--":
         sys.stderr.write("usage: shim.py CTL STATUS RELAY RECORD -- COMMAND...\n")
         return 2
-    ctl, status, relay, record, command = int(argv[1]), int(argv[2]), argv[3] == "1", argv[4], argv[6:]
+    ctl, status, record, command = int(argv[1]), int(argv[2]), argv[4], argv[6:]
+    relay, *warm = argv[3].split(",")  # "1"/"0", or a warm fork's "1,PID,GO,OUT" (below)
+    relay = relay == "1"
     os.set_inheritable(status, False)
     go = os.read(ctl, 2)
     os.close(ctl)
@@ -53,17 +57,20 @@ def main(argv):
     # Blocked, not ignored, until the command runs: its dispositions stay the defaults, and
     # a SIGTERM that comes meanwhile is discarded below instead of killing us unrecorded.
     signal.pthread_sigmask(signal.SIG_BLOCK, _GUARDED)
-    out_r, out_w = os.pipe() if relay else (-1, -1)
-    try:
-        pid = _start(command, out_w)
-    except OSError as exc:
-        code = 127 if exc.errno == errno.ENOENT else 126
-        _record(record, code, [])
-        os.write(status, b"E%d" % (exc.errno or errno.EINVAL))
-        return code
-    finally:
-        if relay:
-            os.close(out_w)
+    if warm:
+        pid, out_r = _release(*map(int, warm))
+    else:
+        out_r, out_w = os.pipe() if relay else (-1, -1)
+        try:
+            pid = _start(command, out_w)
+        except OSError as exc:
+            code = 127 if exc.errno == errno.ENOENT else 126
+            _record(record, code, [])
+            os.write(status, b"E%d" % (exc.errno or errno.EINVAL))
+            return code
+        finally:
+            if relay:
+                os.close(out_w)
     for sig in _GUARDED:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _GUARDED)
@@ -115,6 +122,17 @@ def _start(command, out_w):
         number = int(failed)
         raise OSError(number, os.strerror(number))
     return pid
+
+
+def _release(pid, go, out_r):
+    """A warm fork (zygote.py) made us in place of the exec: the command is our child
+    already, waiting in the run's session for "go". Returns (its pid, its output's end)."""
+    os.set_inheritable(go, False)
+    if out_r >= 0:
+        os.set_inheritable(out_r, False)
+    os.write(go, b"go")
+    os.close(go)
+    return pid, out_r
 
 
 def _relay(pid, out_r):

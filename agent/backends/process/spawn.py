@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from typing import Final
 import anyio
 
 from agent.backends.base import BackendError
+from agent.backends.process.warm import WarmEngine, WarmProcess
 
 __all__ = ["LINE_LIMIT", "launch_message", "record_path_in", "start_supervised"]
 
@@ -37,13 +39,21 @@ async def start_supervised(
     stream: bool,
     marker: str | None,
     on_spawned: Callable[[int], None],
-) -> asyncio.subprocess.Process:
+    warm: WarmEngine | None = None,
+) -> asyncio.subprocess.Process | WarmProcess:
     """Start `command` under a supervisor; returns once the command runs.
 
     `on_spawned(pid)` records the supervisor before the command may start (it raises to
     stop the launch). Raises OSError/ValueError as starting the command directly would
     (the caller explains them with `launch_message`), BackendError for anything else.
+    With `warm`, the default engine command is forked from the warm engine when it can be
+    (warm.py); the supervisor, its record and its answers are the same either way.
     """
+    if warm is not None and warm.accepts(command, env):
+        proc = await _fork_warm(warm, command, cwd=cwd, env=env, stream=stream, marker=marker)
+        if proc is not None:
+            await _go(proc, on_spawned, *proc.pipes, command)
+            return proc
     # Each descriptor is closed exactly once: a second close could hit a descriptor that a
     # concurrent launch has just been given the same number for.
     ctl_r, ctl_w = os.pipe()
@@ -66,6 +76,18 @@ async def start_supervised(
         raise
     os.close(ctl_r)
     os.close(status_w)
+    await _go(proc, on_spawned, ctl_w, status_r, command)
+    return proc
+
+
+async def _go(
+    proc: asyncio.subprocess.Process | WarmProcess,
+    on_spawned: Callable[[int], None],
+    ctl_w: int,
+    status_r: int,
+    command: Sequence[str],
+) -> None:
+    """Record the supervisor, tell it to go, and wait for its answer; closes both ends."""
     try:
         try:
             on_spawned(proc.pid)
@@ -75,12 +97,60 @@ async def start_supervised(
         await _started(proc, status_r, command)
     finally:
         os.close(status_r)
+
+
+async def _fork_warm(
+    warm: WarmEngine,
+    command: Sequence[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    stream: bool,
+    marker: str | None,
+) -> WarmProcess | None:
+    """The supervisor forked from the warm engine, with `pipes` (CTL's write end, STATUS's
+    read end) and `stdout` set; None when the warm engine cannot take it (start it cold)."""
+    # as a cold start reports a missing working directory (one stat: no thread needed)
+    if not os.path.isdir(cwd):  # noqa: ASYNC240
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
+    ctl_r, ctl_w = os.pipe()
+    status_r, status_w = os.pipe()
+    out_r, out_w = os.pipe() if stream else (-1, -1)
+    theirs = [ctl_r, status_w] + ([out_w] if stream else [])
+    ours = [ctl_w, status_r] + ([out_r] if stream else [])
+    argv = _argv("<ctl>", "<status>", "<relay>", marker, command)
+    proc = None
+    try:
+        proc = await warm.fork(argv, env=env, cwd=cwd, fds=theirs, marker=marker)
+    finally:
+        for fd in theirs:  # the warm engine holds its own copies now
+            os.close(fd)
+        if proc is None:
+            for fd in ours:
+                os.close(fd)
+    if proc is None:
+        return None
+    proc.pipes = (ctl_w, status_r)
+    if stream:
+        proc.stdout = await _reader(out_r)
     return proc
 
 
-def _argv(ctl: int, status: int, stream: bool, marker: str | None, command: Sequence[str]) -> list[str]:
+async def _reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0)
+    )
+    return reader
+
+
+def _argv(
+    ctl: object, status: object, relay: object, marker: str | None, command: Sequence[str]
+) -> list[str]:
     # -I: no PYTHON* variables, user site or script directory; -S: no site-packages at all.
-    flag = "1" if stream else "0"
+    # `relay` is a bool, or a placeholder the warm engine fills in (zygote.py).
+    flag = relay if isinstance(relay, str) else "1" if relay else "0"
     return [sys.executable, "-I", "-S", SHIM, str(ctl), str(status), flag, marker or "-", "--", *command]
 
 
@@ -91,7 +161,9 @@ def record_path_in(argv: Sequence[str]) -> str | None:
     return None
 
 
-async def _started(proc: asyncio.subprocess.Process, status_r: int, command: Sequence[str]) -> None:
+async def _started(
+    proc: asyncio.subprocess.Process | WarmProcess, status_r: int, command: Sequence[str]
+) -> None:
     try:
         with anyio.fail_after(_START_TIMEOUT):
             await anyio.wait_readable(status_r)

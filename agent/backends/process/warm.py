@@ -1,0 +1,361 @@
+"""Warm starts: the agent's side of the warm engine (zygote.py), and when to use it.
+
+A cold `python -m prefect.engine` spends a second or more importing Prefect before the
+flow's first line; a fork of a process that imported it already does not. The fork makes
+the same supervisor, session, group, record, environment and working directory as a cold
+launch (see zygote.py), so a run behaves the same either way: only the time to its first
+line and the memory it shares differ.
+
+Warm only when nothing can differ: the command is exactly the default engine command with
+the agent's own Python, and the variables that shape an interpreter at its start (PYTHON*,
+the locale) are those the warm engine started with. Anything else, and any trouble with the
+warm engine (it failed to start, died, refused or did not answer), starts the run cold,
+and says so once. The engine is rebuilt when a directory it imports from changes (a
+package installed or upgraded), as a cold start would see the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import psutil
+
+from agent.observe.logging import get_logger
+
+__all__ = ["WarmEngine", "WarmProcess"]
+
+log = get_logger("agent.backends.process.warm")
+
+ZYGOTE: Final = str(Path(__file__).with_name("zygote.py"))
+_READY_TIMEOUT: Final = 60.0  # seconds for the engine to import Prefect (a cold start pays the same)
+_ANSWER_TIMEOUT: Final = 10.0  # seconds for a fork's pid
+_RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine failed
+_MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
+_ORPHAN_POLL: Final = 0.2
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables an interpreter reads at its start: a fork would not see them change."""
+    return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")}
+
+
+class WarmProcess:
+    """A warm-started run's supervisor, with what the backend uses of an asyncio Process:
+    `pid`, `stdout`, `returncode`, `wait()`. Its parent is the warm engine, which tells us
+    its exit status; were the engine to die first, the status comes from the run's record."""
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader | None, marker: str | None) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self.pipes: tuple[int, int] = (-1, -1)  # CTL's write end, STATUS's read end (spawn.py)
+        self._marker = marker
+        self._done = asyncio.Event()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def exited(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            self._done.set()
+
+    async def orphaned(self) -> None:
+        """The warm engine died: wait for the supervisor to end, read its recorded status."""
+        while _running(self.pid):
+            await anyio.sleep(_ORPHAN_POLL)
+        code = _recorded_exit(self._marker)
+        if code is None:
+            log.warning("a warm-started run's exit status is lost: the warm engine died first", pid=self.pid)
+            code = 1
+        self.exited(code)
+
+
+class _Zygote:
+    """One warm engine process and its socket."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, key: dict[str, str]) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.key = key
+        self.ready = asyncio.Event()
+        self.failed: str | None = None
+        self.dead = False
+        self.paths: dict[str, float] = {}  # directory it imports from -> its mtime then
+        self.answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.children: dict[int, WarmProcess] = {}  # forked, not ended
+        self.early: dict[int, int] = {}  # pid -> exit code that came before the fork's answer
+
+    def stale(self) -> bool:
+        return any(_mtime(path) != mtime for path, mtime in self.paths.items())
+
+
+class WarmEngine:
+    """Forks default-command runs from a warm engine; `fork` returns None to start cold."""
+
+    def __init__(self, spawn: Spawn, *, enabled: bool = True, python: str = sys.executable) -> None:
+        self._spawn = spawn
+        self._enabled = enabled
+        self._python = python
+        self._zygote: _Zygote | None = None
+        self._starting: asyncio.Lock | None = None
+        self._failed_at: float | None = None
+        self._retired: list[_Zygote] = []
+        self._ids = itertools.count(1)
+        self._said: set[str] = set()
+
+    # -- when ---------------------------------------------------------------------------------
+
+    def accepts(self, command: Sequence[str], env: Mapping[str, str]) -> bool:
+        """Whether this launch may start warm (said once per reason when not)."""
+        if not self._enabled:
+            return False
+        if list(command)[1:] != ["-m", "prefect.engine"]:
+            return False  # the user's own command: it runs as given, there is no warm form of it
+        if command[0] != self._python:
+            self._say_once("python", "runs with another Python than the agent's start cold", python=command[0])
+            return False
+        zygote = self._zygote
+        if zygote is not None and zygote.ready.is_set() and zygote.key != _interpreter_env(env):
+            self._say_once(
+                "env",
+                "a run whose PYTHON* or locale variables differ from the warm engine's starts cold",
+            )
+            return False
+        return True
+
+    def _say_once(self, reason: str, message: str, *, level: str = "info", **fields: Any) -> None:
+        if reason not in self._said:
+            self._said.add(reason)
+            getattr(log, level)(message, **fields)
+
+    # -- fork -----------------------------------------------------------------------------------
+
+    async def fork(
+        self, argv: list[str], *, env: Mapping[str, str], cwd: str, fds: Sequence[int], marker: str | None
+    ) -> WarmProcess | None:
+        """Fork the run's supervisor from the warm engine: `argv` is the supervisor's, with
+        "<ctl>", "<status>", "<relay>" in place of what the fork fills in; `fds` are the
+        CTL and STATUS pipe ends (and OUT's write end when relayed). None: start it cold."""
+        zygote = await self._ready(env)
+        if zygote is None:
+            return None
+        ident = next(self._ids)
+        relay = len(fds) > 2
+        message = {"op": "fork", "id": ident, "argv": argv, "env": dict(env), "cwd": cwd, "relay": relay}
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        zygote.answers[ident] = answer
+        try:
+            await _send(zygote.sock, message, fds)
+            with anyio.fail_after(_ANSWER_TIMEOUT):
+                reply = await answer
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            self._lost(zygote, f"it did not take a run ({type(exc).__name__}: {exc})")
+            return None
+        finally:
+            zygote.answers.pop(ident, None)
+        if "pid" not in reply:
+            self._say_once(
+                "refused", "the warm engine refused a run; it starts cold", errno=reply.get("errno")
+            )
+            return None
+        pid = int(reply["pid"])
+        child = zygote.children[pid] = WarmProcess(pid, None, marker)
+        if pid in zygote.early:  # it ended before its pid reached us (it failed at once)
+            self._exited(zygote, child, zygote.early.pop(pid))
+        return child
+
+    async def _ready(self, env: Mapping[str, str]) -> _Zygote | None:
+        zygote = self._zygote
+        if zygote is not None and zygote.ready.is_set() and zygote.stale():
+            self._say_once("rebuilt", "the warm engine's packages changed: it is being rebuilt")
+            self._retire(zygote)
+        if self._zygote is None:
+            if self._failed_at is not None and anyio.current_time() - self._failed_at < _RETRY_AFTER:
+                return None
+            self._starting = self._starting or asyncio.Lock()
+            async with self._starting:
+                if self._zygote is None:
+                    await self._start(env)
+        zygote = self._zygote
+        if zygote is None:
+            return None
+        with anyio.move_on_after(_READY_TIMEOUT):
+            await zygote.ready.wait()
+        if not zygote.ready.is_set() or zygote.failed or zygote.dead:
+            if not zygote.ready.is_set():
+                self._lost(zygote, f"it did not import Prefect within {_READY_TIMEOUT:.0f} s")
+            return None
+        return zygote
+
+    async def _start(self, env: Mapping[str, str]) -> None:
+        # The engine imports with the environment of the first run it serves, minus what
+        # identifies that run; each fork takes its own run's environment before it runs.
+        base = {k: v for k, v in env.items() if not k.startswith("PREFECT__")}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python,
+                ZYGOTE,
+                str(theirs.fileno()),
+                env=base,
+                cwd="/",  # not the agent's: no .env or prefect.toml of its directory
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError as exc:
+            ours.close()
+            self._failed(f"it could not be started: {exc.strerror or exc}")
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        zygote = self._zygote = _Zygote(proc, ours, _interpreter_env(env))
+        self._spawn(lambda: self._listen(zygote))
+
+    # -- the engine's messages ------------------------------------------------------------------
+
+    async def _listen(self, zygote: _Zygote) -> None:
+        loop, ended = asyncio.get_running_loop(), False
+        try:
+            while data := await loop.sock_recv(zygote.sock, _MESSAGE_LIMIT):
+                self._on_message(zygote, json.loads(data))
+            ended = True
+        except (OSError, ValueError) as exc:
+            ended = True
+            log.debug("the warm engine's socket failed", error=str(exc))
+        finally:
+            self._gone(zygote, ended=ended)  # not ended: the agent is closing
+
+    def _on_message(self, zygote: _Zygote, message: dict[str, Any]) -> None:
+        if message.get("ready"):
+            zygote.paths = {path: _mtime(path) for path in message.get("paths", [])}
+            log.info("warm engine ready", pid=zygote.proc.pid, prefect=message.get("version"))
+            zygote.ready.set()
+        elif "failed" in message:
+            zygote.failed = str(message["failed"])
+            self._failed(f"it could not import Prefect ({zygote.failed})")
+            zygote.ready.set()
+        elif "exit" in message:
+            pid, code = int(message["exit"]), int(message["code"])
+            child = zygote.children.get(pid)
+            if child is None:
+                zygote.early[pid] = code
+            else:
+                self._exited(zygote, child, code)
+        elif "id" in message:
+            answer = zygote.answers.get(int(message["id"]))
+            if answer is not None and not answer.done():
+                answer.set_result(message)
+
+    def _exited(self, zygote: _Zygote, child: WarmProcess, code: int) -> None:
+        # The pid stays a zombie, so never another process's, until `returncode` is set:
+        # then no kill signals it any more, and the engine may reap it.
+        del zygote.children[child.pid]
+        child.exited(code)
+        self._notify(zygote, {"op": "reap", "pid": child.pid})
+
+    def _gone(self, zygote: _Zygote, *, ended: bool) -> None:
+        zygote.dead = True
+        zygote.sock.close()
+        for answer in zygote.answers.values():
+            if not answer.done():
+                answer.set_exception(ConnectionError("the warm engine is gone"))
+        for child in zygote.children.values():
+            if child.returncode is None:
+                self._spawn(child.orphaned)
+        if zygote is self._zygote:
+            self._zygote = None
+            if ended and not zygote.failed:
+                self._say_once("died", "the warm engine ended; it is rebuilt for the next run", level="warning")
+        if zygote in self._retired:
+            self._retired.remove(zygote)
+
+    def _failed(self, why: str) -> None:
+        self._failed_at = anyio.current_time()
+        self._say_once("failed", f"the warm engine failed: {why}; runs start cold", level="warning")
+
+    def _lost(self, zygote: _Zygote, why: str) -> None:
+        self._failed(why)
+        self._retire(zygote)
+
+    def _retire(self, zygote: _Zygote) -> None:
+        """Fork no more from it; it exits once its children are reaped."""
+        if zygote is self._zygote:
+            self._zygote = None
+        if not zygote.dead and zygote not in self._retired:
+            self._retired.append(zygote)
+            self._notify(zygote, {"op": "retire"})
+
+    def _notify(self, zygote: _Zygote, message: dict[str, Any]) -> None:
+        async def send() -> None:
+            with contextlib.suppress(OSError):  # it is gone: nothing left to tell
+                await _send(zygote.sock, message, ())
+
+        self._spawn(send)
+
+    async def aclose(self) -> None:
+        """Close the sockets: the engines exit; runs they forked live on under their supervisors."""
+        zygotes = [z for z in (self._zygote, *self._retired) if z is not None]
+        self._zygote, self._retired = None, []
+        for zygote in zygotes:
+            zygote.sock.close()
+            with anyio.move_on_after(5):
+                await zygote.proc.wait()
+            if zygote.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    zygote.proc.kill()
+                await zygote.proc.wait()
+
+
+async def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int]) -> None:
+    data = json.dumps(message).encode()
+    if len(data) > _MESSAGE_LIMIT:
+        raise OSError(f"the run's request is {len(data)} bytes, more than the warm engine takes")
+    while True:
+        try:
+            socket.send_fds(sock, [data], list(fds))
+            return
+        except BlockingIOError:
+            await anyio.wait_socket_writable(sock)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _recorded_exit(marker: str | None) -> int | None:
+    if marker is None:
+        return None
+    try:
+        code = json.loads(Path(marker).read_bytes()).get("exit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(code) if isinstance(code, int) else None

@@ -1,0 +1,206 @@
+"""The warm engine: a Python process with Prefect imported, forking one run at a time.
+
+The agent never imports Prefect; it starts this file by its path, with its own Python
+(warm.py), and talks to it over one SOCK_SEQPACKET socket, one JSON message each way:
+
+    <- {"ready": true, "paths": [...], "version": "3.8.8"}  or  {"failed": "<why>"}
+    -> {"op": "fork", "id": N, "argv": [...], "env": {...}, "cwd": ..., "relay": bool}
+       with the run's CTL, STATUS (and, when relayed, OUT) pipe ends attached
+    <- {"id": N, "pid": P}  or  {"id": N, "errno": E}
+    <- {"exit": P, "code": C}             P has ended; it stays a zombie until ...
+    -> {"op": "reap", "pid": P}           ... the agent has taken the code, so its pid is
+                                          never reused while the agent may still signal it
+    -> {"op": "retire"}                   fork no more; exit once every child is reaped
+
+A fork becomes what a cold launch makes, in the same places: the forked process (P) starts
+its own session, moves into the run's working directory, forks the engine (E) and then
+execs the supervisor (shim.py) with the argv the agent built, so P is the run's group
+leader, records its exit status and carries the record path in its command line exactly
+as a cold supervisor does. E waits until the supervisor says "go" (the agent has written
+the record), takes the run's environment, re-reads Prefect's settings from it, sets up
+logging again and runs `prefect.engine` as `python -m prefect.engine` would.
+
+This process stays single-threaded and never runs flow code, never talks to the API and
+never opens Prefect's control channel: a fork only copies the thread that forks, and
+whatever a flow imports is imported in its own fork, where a slow import delays only that
+run. Standard library and Prefect only; nothing of the agent.
+"""
+
+import gc
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+_MESSAGE_LIMIT = 1 << 20  # bytes of one request (argv + env); larger ones start cold
+_NOT_STARTED = 125  # the supervisor's code for "never told to go"
+_PLACEHOLDERS = ("<ctl>", "<status>", "<relay>")
+
+
+def main(argv):
+    sock = socket.socket(fileno=int(argv[1]))
+    del sys.path[0]  # this file's directory: never a place to import from
+    try:
+        import threading
+
+        import prefect
+        import prefect.engine  # noqa: F401 - what each run needs already imported
+        import prefect.flow_engine  # noqa: F401
+
+        if threading.active_count() != 1:  # e.g. a sitecustomize that starts a thread
+            raise RuntimeError(
+                f"{threading.active_count()} threads after importing prefect; forking needs one"
+            )
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the agent starts runs cold
+        _send(sock, {"failed": f"{type(exc).__name__}: {exc}"[:500]})
+        return 1
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    gc.collect()
+    gc.freeze()  # what the forks share stays shared: the collector never writes to it
+    _send(sock, {"ready": True, "paths": paths, "version": prefect.__version__})
+    run = _serve(sock)
+    return 0 if run is None else _run_engine(*run)
+
+
+def _send(sock, message):
+    sock.send(json.dumps(message).encode())
+
+
+def _serve(sock):
+    """Answer requests until the agent is gone or retired us with no child left. Returns
+    None in this process, or (request, fds to close, go pipe, output) in an engine fork."""
+    children, zombies, accepting = {}, set(), True  # pidfd -> pid; exited, not yet reaped
+    while accepting or children or zombies:
+        ready = select.select([sock.fileno(), *children], [], [])[0]
+        for fd in ready:
+            if fd in children:
+                pid = children.pop(fd)
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                os.close(fd)
+                zombies.add(pid)
+                _send(sock, {"exit": pid, "code": _exit_code(info)})
+                continue
+            data, fds, flags, _ = socket.recv_fds(sock, _MESSAGE_LIMIT, 4)
+            if not data:  # the agent is gone: its runs' supervisors live on without us
+                return None
+            request = json.loads(data)
+            op = request.get("op")
+            if op == "fork" and accepting and not flags & socket.MSG_TRUNC:
+                run = _fork(sock, request, fds, children)
+                if run is not None:
+                    return run
+            elif op == "fork":
+                for received in fds:
+                    os.close(received)
+                _send(sock, {"id": request.get("id"), "errno": 11})  # EAGAIN: start it cold
+            elif op == "reap" and request.get("pid") in zombies:
+                zombies.discard(request["pid"])
+                os.waitpid(request["pid"], 0)
+            elif op == "retire":
+                accepting = False
+    return None
+
+
+def _exit_code(info):
+    # as subprocess reports it: the code, or minus the signal that ended the process
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _fork(sock, request, fds, children):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for received in fds:
+            os.close(received)
+        _send(sock, {"id": request["id"], "errno": exc.errno or 12})
+        return None
+    if pid == 0:
+        try:
+            for pidfd in children:  # other runs' business
+                os.close(pidfd)
+            return _supervisor(sock, request, fds)
+        except BaseException:  # noqa: BLE001 - never back into the server's loop
+            os._exit(127)
+    for received in fds:
+        os.close(received)
+    children[os.pidfd_open(pid)] = pid
+    _send(sock, {"id": request["id"], "pid": pid})
+    return None
+
+
+def _supervisor(sock, request, fds):
+    """In the forked process: become the run's session leader, fork its engine, then exec
+    the supervisor. Returns only in the engine's fork."""
+    ctl, status = fds[0], fds[1]
+    out = fds[2] if len(fds) > 2 else os.open(os.devnull, os.O_WRONLY)
+    os.setsid()
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        os.write(status, b"E%d" % (exc.errno or 2))
+        os._exit(127)
+    go_r, go_w = os.pipe()
+    relay_r, relay_w = os.pipe() if request["relay"] else (-1, -1)
+    engine = os.fork()
+    if engine == 0:
+        sock.close()
+        for fd in (ctl, status, out, go_w, relay_r):
+            if fd >= 0:
+                os.close(fd)
+        return request, go_r, relay_w
+    os.close(go_r)
+    if relay_w >= 0:
+        os.close(relay_w)
+    # the supervisor's stdio, as the agent gives its own child: the output pipe (or nothing)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    for fd in (ctl, status, go_w, relay_r):
+        if fd >= 0:
+            os.set_inheritable(fd, True)
+    relay = f"{int(request['relay'])},{engine},{go_w},{relay_r}"
+    fill = dict(zip(_PLACEHOLDERS, (str(ctl), str(status), relay), strict=True))
+    argv = [fill.get(arg, arg) for arg in request["argv"]]
+    try:
+        os.execve(argv[0], argv, request["env"])
+    except OSError as exc:
+        os.write(status, b"E%d" % (exc.errno or 2))
+    os._exit(127)
+
+
+def _run_engine(request, go_r, out):
+    """In the engine's fork: wait for "go", become the run's interpreter, run the engine."""
+    target = out if out >= 0 else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    os.close(target)
+    go = os.read(go_r, 2)
+    os.close(go_r)
+    if go != b"go":  # the supervisor ended first (the agent never said go): start nothing
+        os._exit(_NOT_STARTED)
+    env = request["env"]
+    os.environ.clear()
+    os.environ.update(env)
+    time.tzset()
+    if not env.get("PYTHONSAFEPATH"):  # what `python -m` puts first: the working directory
+        sys.path.insert(0, os.getcwd())
+    import runpy
+
+    import prefect.context
+    from prefect.logging.configuration import setup_logging
+
+    # Settings and logging were read at import, from our environment: read them again
+    # from the run's (without this the engine would talk to no API at the wrong levels).
+    prefect.context.refresh_global_settings_context()
+    setup_logging(incremental=False)
+    sys.modules.pop("prefect.engine", None)  # run as __main__, not the imported copy
+    sys.argv = [""]
+    runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,231 @@
+"""Warm starts (issue 18): a run forked from the warm engine behaves as a cold one.
+
+The same real flow runs under an agent with warm starts (the default) and one with
+FLOW_AGENT_WARM_START=false, four ways each: it completes, fails, is SIGKILLed (the OOM
+warning) and is cancelled. Both ways must give the flow the same environment (Prefect's
+settings read from the run's env, the job's variables), working directory, process layout
+and signal dispositions, and the server the same logs and final states. Which way a run
+started is read from the process tree: a cold supervisor is the agent's child, a warm one
+the warm engine's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.agent_proc import AgentProcess
+from support.prefect_api import (
+    TERMINAL,
+    PrefectAPI,
+    os_pid,
+    process_gone,
+    state_message,
+    state_type,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+PARITY_FLOW = """\
+import json, os, signal, sys, time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.settings import get_current_settings
+
+
+def handler_name(sig):
+    handler = signal.getsignal(sig)
+    return getattr(handler, "__qualname__", str(handler))
+
+
+def facts():
+    supervisor = os.getppid()
+    with open(f"/proc/{supervisor}/stat") as stat:
+        supervisor_parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    settings = get_current_settings()
+    return {
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("PREFECT", "PARITY_"))},
+        "cwd": os.getcwd(),
+        "path0": sys.path[0],
+        "argv": sys.argv,
+        "group_of_supervisor": os.getpgid(0) == supervisor and os.getsid(0) == supervisor,
+        "supervisor": supervisor,
+        "supervisor_parent": supervisor_parent,
+        "signals": [handler_name(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)],
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "stdin": os.readlink("/proc/self/fd/0"),
+        "api_url": settings.api.url,
+        "retries": settings.tasks.default_retries,
+        "log_level": settings.logging.level,
+    }
+
+
+@flow(log_prints=True)
+def parity(mode: str, out: str) -> str:
+    get_run_logger().info("parity %s starts", mode)
+    print(f"printed by {mode}")
+    Path(out).write_text(json.dumps(facts()))
+    if mode == "fail":
+        raise ValueError("parity failure")
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "sleep":
+        time.sleep(300)
+    return mode
+"""
+
+JOB_ENV = {
+    "PARITY_JOB": "from-the-job",
+    "PREFECT_TASKS_DEFAULT_RETRIES": "2",
+    "PREFECT_LOGGING_LEVEL": "DEBUG",
+}
+MODES = ("ok", "fail", "kill", "sleep")
+# what differs between two runs of the same flow anyway, whichever way they start
+_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+(\.\d+)?|'[a-z]+-[a-z]+'")
+_RUN_SPECIFIC = {
+    "PREFECT__FLOW_RUN_ID",
+    "PREFECT__DEPLOYMENT_ID",
+    "PREFECT__DEPLOYMENT_NAME",
+    "PREFECT__FLOW_ID",
+}
+
+
+def parity_deployment(api: PrefectAPI, pool: str, flow_dir: Path) -> str:
+    flow_dir.mkdir(parents=True)
+    (flow_dir / "flows.py").write_text(PARITY_FLOW)
+    api.create_process_pool(pool)
+    return api.create_deployment(
+        api.create_flow("parity"),
+        f"{pool}-parity",
+        pool,
+        entrypoint="flows.py:parity",
+        path=str(flow_dir),
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(flow_dir)}}],
+        job_variables={"env": JOB_ENV},
+    )
+
+
+def start_all_modes(api: PrefectAPI, deployment: str, out: Path) -> dict[str, str]:
+    """{mode: run id}, one run of each mode."""
+    return {
+        mode: api.create_flow_run(deployment, parameters={"mode": mode, "out": str(out / f"{mode}.json")})[
+            "id"
+        ]
+        for mode in MODES
+    }
+
+
+def finish_all_modes(api: PrefectAPI, runs: dict[str, str], out: Path) -> dict[str, Any]:
+    """Cancel the sleeping run once its body runs; {mode: (run, facts)} once all ended."""
+    wait_for(lambda: (out / "sleep.json").exists(), 120, message="the sleeping run to start its body")
+    pid = os_pid(api.read_flow_run(runs["sleep"]))
+    api.cancel(runs["sleep"])
+    ended = {mode: api.wait_for_state(run, *TERMINAL, timeout=120) for mode, run in runs.items()}
+    wait_for(lambda: process_gone(pid), 30, message=f"the cancelled run's process group {pid} to end")
+    return {mode: (ended[mode], json.loads((out / f"{mode}.json").read_text())) for mode in MODES}
+
+
+def comparable(facts: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The facts without what differs between any two runs: pids, ids, their directory."""
+    facts = json.loads(json.dumps(facts).replace(str(directory), "<dir>"))
+    facts["env"] = {k: ("<run>" if k in _RUN_SPECIFIC else v) for k, v in facts["env"].items()}
+    del facts["supervisor"], facts["supervisor_parent"]
+    return facts
+
+
+def log_lines(api: PrefectAPI, run: dict[str, Any], way: str, tmp_path: Path) -> list[tuple[int, str]]:
+    """The run's logs as (level, first line), blanking what differs between any two runs:
+    ids, numbers, the run's name, its pool's and its directory's."""
+    blanks = {str(tmp_path / way): "<dir>", run["name"]: "<name>", run["work_pool_name"]: "<pool>"}
+    lines = set()
+    for log in api.read_logs(run["id"]):
+        line = log["message"].split("\n")[0]
+        for text, blank in blanks.items():
+            line = line.replace(text, blank)
+        lines.add((log["level"], _IDS.sub("#", line)))
+    return sorted(lines)
+
+
+def same_logs(
+    api: PrefectAPI, warm: dict[str, Any], cold: dict[str, Any], tmp_path: Path
+) -> Callable[[], bool]:
+    return lambda: log_lines(api, warm, "warm", tmp_path) == log_lines(api, cold, "cold", tmp_path)
+
+
+def test_a_warm_run_behaves_as_a_cold_one(api: PrefectAPI, pool: str, start_agent, tmp_path: Path) -> None:
+    agents: dict[str, AgentProcess] = {}
+    deployments = {}
+    for way in ("warm", "cold"):
+        deployments[way] = parity_deployment(api, f"{pool}-{way}", tmp_path / way / "flow")
+        (tmp_path / way / "out").mkdir()
+        env = {"FLOW_AGENT_WARM_START": "false"} if way == "cold" else None
+        agents[way] = start_agent(f"{pool}-{way}", env=env)
+    runs = {way: start_all_modes(api, deployments[way], tmp_path / way / "out") for way in agents}
+    results = {way: finish_all_modes(api, runs[way], tmp_path / way / "out") for way in agents}
+
+    for way, agent in agents.items():
+        assert agent.process is not None
+        for mode, (_, facts) in results[way].items():
+            run = results[way][mode][0]
+            assert os_pid(run) == facts["supervisor"], (way, mode)
+            started_by_agent = facts["supervisor_parent"] == agent.process.pid
+            assert started_by_agent == (way == "cold"), (way, mode, facts["supervisor_parent"])
+
+    for mode in MODES:
+        (warm_run, warm), (cold_run, cold) = results["warm"][mode], results["cold"][mode]
+        assert state_type(warm_run) == state_type(cold_run), mode
+        assert _IDS.sub("#", state_message(warm_run)) == _IDS.sub("#", state_message(cold_run)), mode
+        assert comparable(warm, tmp_path / "warm") == comparable(cold, tmp_path / "cold"), mode
+        assert warm["cwd"] == str(tmp_path / "warm" / "flow"), "the pull step's directory"
+        # lines about the end (the agent's, the hooks') may still be on their way: a while to agree
+        wait_for(
+            same_logs(api, warm_run, cold_run, tmp_path), 20, message=f"the same logs for the {mode} runs"
+        )
+
+    states = {mode: state_type(run) for mode, (run, _) in results["warm"].items()}
+    assert states == {"ok": "COMPLETED", "fail": "FAILED", "kill": "CRASHED", "sleep": "CANCELLED"}
+    assert "OOM" in state_message(results["warm"]["kill"][0])
+    assert all(facts["env"]["PARITY_JOB"] == "from-the-job" for facts in (warm, cold))
+    assert warm["retries"] == 2 and warm["log_level"] == "DEBUG"
+
+
+# Started in the warm engine only: a thread there makes forking unsafe, so it refuses.
+THREAD_IN_THE_WARM_ENGINE = """\
+import sys, threading, time
+
+if sys.argv and sys.argv[0].endswith("zygote.py"):
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+"""
+
+
+def test_a_failed_warm_engine_starts_runs_cold_and_says_so_once(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(THREAD_IN_THE_WARM_ENGINE)
+    deployment = parity_deployment(api, pool, tmp_path / "flow")
+    agent = start_agent(pool, env={"PYTHONPATH": str(site)})
+    out = tmp_path / "out"
+    out.mkdir()
+
+    runs = [
+        api.create_flow_run(deployment, parameters={"mode": "ok", "out": str(out / f"{n}.json")})["id"]
+        for n in range(2)
+    ]
+
+    for run in runs:
+        assert state_type(api.wait_for_state(run, *TERMINAL, timeout=120)) == "COMPLETED"
+    assert agent.process is not None
+    for n in range(2):
+        facts = json.loads((out / f"{n}.json").read_text())
+        assert facts["supervisor_parent"] == agent.process.pid, "started cold, by the agent itself"
+    said = [line for line in agent.log_path.read_text().splitlines() if "the warm engine failed" in line]
+    assert len(said) == 1, said
+    assert "threads after importing prefect" in said[0]
