@@ -122,7 +122,10 @@ class EcsBackend:
         def alive() -> bool:
             return not watched.ending and self._engine.get(watched.pid) is watched
 
-        self._engine.spawn(lambda: output.follow(state.aws, state.container, state.task_arn, alive))
+        def started() -> bool:
+            return watched.started
+
+        self._engine.spawn(lambda: output.follow(state.aws, state.container, state.task_arn, alive, started))
 
     async def _run_task(
         self, aws: Aws, request: dict[str, Any], td: Mapping[str, Any] | None, deregister: bool

@@ -96,12 +96,20 @@ class TaskOutput:
         self.closed = False  # drained, or given up: no more reads
         self.task_definition_arn = ""  # known from RunTask, or from the first DescribeTasks
 
-    async def follow(self, aws: Aws, container: str | None, task_arn: str, alive: Callable[[], bool]) -> None:
-        """Read every `interval` while `alive()` says the task is still being watched."""
+    async def follow(
+        self,
+        aws: Aws,
+        container: str | None,
+        task_arn: str,
+        alive: Callable[[], bool],
+        started: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Read every `interval` while `alive()` (the task is watched), once `started()`:
+        nothing is written before, and GetLogEvents has a per-account rate quota."""
         while not self.closed and alive():
             await anyio.sleep(self._interval)
             async with self._lock:
-                if not self.closed and alive():
+                if not self.closed and alive() and started():
                     await self._read(aws, container, task_arn)
 
     async def drain(self, aws: Aws, container: str | None, task_arn: str) -> None:
