@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from agent.prefect_profile import BUILTIN_PROFILE, is_secret_setting, prefect_settings_env
@@ -92,3 +96,30 @@ def test_settings_capture_the_environment_once(tmp_path: Path, monkeypatch) -> N
     settings = Settings(api_url="http://x/api")
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "ERROR")
     assert settings.prefect_env["PREFECT_LOGGING_LEVEL"] == "DEBUG"
+
+
+def test_the_capture_matches_prefects_own_settings_env(tmp_path: Path) -> None:
+    """Prefect 3.8.8 in a child with the same environment and profiles file: its worker's
+    `_base_environment()` and flow-agent's capture agree on every name Prefect knows, with
+    the values written in Prefect's own rendering. (Unknown names: Prefect drops them,
+    flow-agent passes them; the README says why.)"""
+    (tmp_path / "profiles.toml").write_text(PROFILES)
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_LOGGING_LEVEL": "DEBUG",
+        "PREFECT_API_KEY": "pnu_fidelity_key",
+        "PREFECT_SOME_UNKNOWN": "1",
+    }
+    code = (
+        "import json; from prefect.workers.base import BaseJobConfiguration as C; "
+        "print(json.dumps(C._base_environment()))"
+    )
+    command = [sys.executable, "-c", code]
+    child = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    prefects = json.loads(child.stdout.strip().splitlines()[-1])
+    ours = prefect_settings_env(environ)
+    assert ours.pop("PREFECT_SOME_UNKNOWN") == "1" and "PREFECT_SOME_UNKNOWN" not in prefects
+    assert ours == prefects
