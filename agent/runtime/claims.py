@@ -14,7 +14,9 @@ and polls a page wide enough for its share to fill its free slots.
 Fallback: a run of another agent's share is taken over once this agent has seen it wait
 `grace` seconds, so no run waits long on a dead agent, a full one, or one that serves
 other queues. The owner that left it is then counted out for `suspend` seconds, so its
-share is spread among the others instead of being taken over run by run.
+share is spread among the others instead of being taken over run by run; twice as long each
+time it leaves its share again (up to 32 times: an agent serving other queues of the pool
+is soon left out for half an hour), until it is seen winning a claim.
 
 Starting: until this agent has seen its own heartbeat row, others may not count it yet,
 nor it them (they all start at once after a deploy). Meanwhile it reads the rows at every
@@ -48,6 +50,7 @@ __all__ = ["Claim", "Spread", "live_agents", "owner", "score"]
 
 log = get_logger("agent.runtime.claims")
 
+_MAX_DOUBLINGS = 5  # an agent that keeps leaving its share is counted out 32 x `suspend` at most
 SERVER_PAGE = 200  # the most runs get_scheduled_flow_runs returns (the server's default limit)
 
 
@@ -99,6 +102,7 @@ class _PoolView:
     capped: bool = False  # the last plan left some of our share for the next batch
     first_seen: dict[str, float] = field(default_factory=dict)  # others' runs: when we saw them
     suspended: dict[str, float] = field(default_factory=dict)  # agent -> counted out until
+    strikes: dict[str, int] = field(default_factory=dict)  # agent -> times it left its share
 
 
 class Spread:
@@ -207,19 +211,25 @@ class Spread:
         if claim.owner in view.suspended:
             return
         # its owner left it for a whole grace: spread its share among the others for a while
-        view.suspended[claim.owner] = self._clock() + self._suspend
+        strikes = view.strikes[claim.owner] = view.strikes.get(claim.owner, 0) + 1
+        period = self._suspend * 2 ** min(strikes - 1, _MAX_DOUBLINGS)
+        view.suspended[claim.owner] = self._clock() + period
         log.info(
             "an agent did not claim its share of the pool's runs in time; sharing it out",
             pool=pool,
             agent=claim.owner,
             waited=f"{self._grace:g} s",
-            for_seconds=f"{self._suspend:g}",
+            for_seconds=f"{period:g}",
         )
 
     def lost(self, pool: str, claim: Claim, winner: str | None = None) -> None:
         """`winner`: the agent that claimed the run, if its claim says so."""
         self.lost_races += 1
         view = self._view(pool)
+        if winner is not None:
+            # it claims: it serves these runs after all
+            view.strikes.pop(winner, None)
+            view.suspended.pop(winner, None)
         if winner is not None and winner not in self.agents(pool):
             # an agent we did not count: count it in now (its heartbeat row will follow)
             view.learned[winner] = self._clock() + self._suspend

@@ -171,6 +171,36 @@ def test_a_silent_agents_share_is_taken_over_after_the_grace_then_shared_out() -
     assert s.agents("p") == {"a", "b"}  # counted in again: it may have come back
 
 
+def test_an_agent_that_keeps_leaving_its_share_is_counted_out_longer_until_it_claims() -> None:
+    clock = Clock()
+    s = spread("a", {"a", "b"}, clock)
+    ids = seeded_ids(400)
+    periods = []
+    for _ in range(7):
+        s.plan("p", page(ids))
+        clock.now += GRACE
+        takeover = next(c for c in s.plan("p", page(ids)) if c.takeover)
+        s.won("p", takeover)
+        start = clock.now
+        while "b" not in s.agents("p"):
+            clock.now += SUSPEND / 2
+        periods.append(clock.now - start)
+    assert periods == [SUSPEND * f for f in (1, 2, 4, 8, 16, 32, 32)]
+
+    s.plan("p", page(ids))
+    clock.now += GRACE
+    s.won("p", next(c for c in s.plan("p", page(ids)) if c.takeover))
+    assert s.agents("p") == {"a"}
+    ours = next(c for c in s.plan("p", page(ids)) if owner(c.run_id, {"a", "b"}) == "b")
+    s.lost("p", ours, winner="b")  # b claims after all: counted in, its record wiped
+    assert s.agents("p") == {"a", "b"}
+    s.plan("p", page(ids))
+    clock.now += GRACE
+    s.won("p", next(c for c in s.plan("p", page(ids)) if c.takeover))
+    clock.now += SUSPEND
+    assert s.agents("p") == {"a", "b"}
+
+
 def test_a_run_seen_later_waits_its_own_grace() -> None:
     clock = Clock()
     s = spread("a", {"a", "b"}, clock)
