@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prefect_gcp.workers.cloud_run import CloudRunWorker
 from prefect_gcp.workers.cloud_run_v2 import CloudRunWorkerV2
 
 from fidelity.harness import Case, World, assert_same, block_ref, both_sides
@@ -82,3 +83,69 @@ CASES = [
 async def test_cloud_run_body_matches_prefects_worker(world: World, case: Case) -> None:
     sides = await both_sides(world, CloudRunWorkerV2, "cloud-run-v2", case, _finish)
     assert_same(sides, {**LAUNCH, **case.allowed})
+
+
+# ---------------------------------------------------------------- Cloud Run v1 (`cloud-run` pools)
+
+LAUNCH_V1 = {
+    # Prefect: "<slug>-<uuid4 hex>"; flow-agent: 32 hex digits derived from the run id
+    "job.metadata.name": "a random suffix at Prefect, derived from the run id in flow-agent",
+}
+
+
+async def _finish_v1(config: Any, **_: Any) -> dict[str, Any]:
+    # what `Job.create` sends (CloudRunWorker._create_job_and_wait_for_registration)
+    return {
+        "job": config.job_body,
+        "parent": f"namespaces/{config.credentials.project}",
+        "endpoint": f"https://{config.region}-run.googleapis.com",
+    }
+
+
+CASES_V1 = [
+    Case("defaults", {"image": IMAGE}, template_edits=[CREDENTIALS]),
+    Case(
+        "every-variable",
+        {
+            "image": IMAGE,
+            "name": "nightly-etl",
+            "env": {"TEAM": "data", "PREFECT_LOGGING_LEVEL": "INFO"},
+            "labels": {"team": "data", "Cost Center": "42"},
+            "command": "prefect flow-run execute",
+            "region": "europe-west1",
+            "prefect_api_auth_string_secret": {"secret": "prefect-auth", "version": "2"},
+            "keep_job": True,
+            "cpu": "2000m",
+            "memory": "4Gi",
+            "timeout": 3600,
+            "vpc_connector_name": "flows-connector",
+            "service_account_name": "flows@acme.iam.gserviceaccount.com",
+        },
+        template_edits=[CREDENTIALS],
+    ),
+    Case(
+        "block-references",
+        {"image": IMAGE, "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}},
+        template_edits=[CREDENTIALS],
+    ),
+    Case(
+        "run-overrides",
+        {"image": IMAGE, "env": {"A": "deployment", "B": "deployment"}, "cpu": "1000m"},
+        run_vars={"env": {"B": "run", "C": "run"}, "memory": "2Gi", "labels": {"run": "yes"}},
+        template_edits=[CREDENTIALS],
+    ),
+    Case(
+        "customized-template",
+        {"image": IMAGE},
+        template_edits=[
+            CREDENTIALS,
+            (("job_configuration", "job_body", "metadata", "labels"), {"owner": "platform"}),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES_V1, ids=[c.id for c in CASES_V1])
+async def test_cloud_run_v1_body_matches_prefects_worker(world: World, case: Case) -> None:
+    sides = await both_sides(world, CloudRunWorker, "cloud-run", case, _finish_v1)
+    assert_same(sides, {**LAUNCH_V1, **case.allowed})
