@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint checks bench clean
+.PHONY: demo test lint checks bench bench-multi clean
 
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
@@ -36,6 +36,9 @@ test: lint checks                ## + unit and integration tests against a real 
 
 bench: $(BIN)/.installed         ## flow-agent vs `prefect worker` on one local server
 	$(BIN)/python bench/run.py
+
+bench-multi: $(BIN)/.installed   ## 1 vs 4 agents on one pool, SQLite and PostgreSQL, against the server's ceiling
+	$(BIN)/python bench/multi_agent.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
