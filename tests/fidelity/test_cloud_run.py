@@ -32,6 +32,7 @@ async def _finish(config: Any, **_: Any) -> dict[str, Any]:
 
 CASES = [
     Case("defaults", {"image": IMAGE}, template_edits=[CREDENTIALS]),
+    Case("template-default-image", {}, template_edits=[CREDENTIALS]),
     Case(
         "every-variable",
         {
