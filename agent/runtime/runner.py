@@ -55,6 +55,7 @@ class _InFlight:
     entrypoint: bool = False  # the deployment names the flow's code: its hooks can be loaded
     delivery: Delivery | None = None  # how the cancel intent fared, for backends that take one
     launched: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)  # reported, hooks run, slot given back
     started: float = field(default_factory=time.monotonic)  # just after the claim
 
 
@@ -133,6 +134,7 @@ class Runner:
             yield
         finally:
             entry.launched.set()
+            entry.ended.set()
             self._in_flight.pop(entry.run.id, None)
             self._metrics.set_in_flight(len(self._in_flight))
             release()
@@ -311,8 +313,13 @@ class Runner:
     # -- killing -----------------------------------------------------------------------------------
 
     async def cancel(self, run_id: str) -> None:
-        """The user cancelled the run: kill its infrastructure; `execute` reports CANCELLED."""
+        """The user cancelled the run: kill its infrastructure; `execute` runs the flow's
+        cancellation hooks and reports CANCELLED. Once killed, returns when that is done, so
+        the run, still CANCELLING meanwhile, is not taken for a new cancellation."""
         await self._request_kill(run_id, KillReason.CANCEL)
+        entry = self._in_flight.get(run_id)
+        if entry is not None and entry.handle is not None:  # killed: hooks and report follow
+            await entry.ended.wait()
 
     async def kill_all(self) -> int:
         """Stage two of shutdown: kill local processes, leave remote workloads running.

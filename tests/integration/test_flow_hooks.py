@@ -121,4 +121,7 @@ def test_cancelled_flow_runs_its_cancellation_hooks_not_its_crash_hooks(
     history = api.request("GET", "/flow_run_states/", params={"flow_run_id": run_id}).json()
     assert "CRASHED" not in [state["type"] for state in history]
     assert _logged(api, run_id, "told the engine the run is cancelled delivery=acked")
+    # while its hooks ran the run was still CANCELLING: taken for one cancellation only
+    requests = [log for log in api.read_logs(run_id) if log["message"].startswith("cancellation requested")]
+    assert len(requests) == 1
     wait_for(lambda: process_gone(engine) and process_gone(leader), 30, message="the run's processes to end")
