@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import anyio
 
@@ -27,28 +29,40 @@ with capture_sigterm():  # what arms the engine's SIGTERM bridge and connects
 """
 
 
+@contextlib.asynccontextmanager
+async def _channel() -> AsyncIterator[ControlChannel]:
+    """A channel whose listener runs in a task group of the test's (the backend's engine's
+    in the agent)."""
+    async with anyio.create_task_group() as tg:
+        channel = ControlChannel(lambda fn: tg.start_soon(fn))
+        try:
+            yield channel
+        finally:
+            await channel.aclose()
+            tg.cancel_scope.cancel()
+
+
 async def _connected(channel: ControlChannel, run_id: str) -> None:
     with anyio.fail_after(20):
-        while channel._sessions[run_id].writer is None:  # noqa: SLF001 - waiting for the engine
+        while channel._sessions[run_id].stream is None:  # noqa: SLF001 - waiting for the engine
             await anyio.sleep(0.02)
 
 
 def test_prefects_engine_acknowledges_a_cancel() -> None:
     async def scenario() -> tuple[Delivery, str]:
-        channel = ControlChannel()
-        env = await channel.register("run-1")
-        assert env[HOOKS_VARIABLE] == "false"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", ENGINE, env=env, stdout=subprocess.PIPE
-        )
-        assert proc.stdout is not None
-        assert await proc.stdout.readline() == b"connected\n"
-        await _connected(channel, "run-1")
-        delivery = await channel.deliver("run-1", "cancel")
-        said = (await proc.stdout.read()).decode().strip()
-        await proc.wait()
-        await channel.aclose()
-        return delivery, said
+        async with _channel() as channel:
+            env = await channel.register("run-1")
+            assert env[HOOKS_VARIABLE] == "false"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", ENGINE, env=env, stdout=subprocess.PIPE
+            )
+            assert proc.stdout is not None
+            assert await proc.stdout.readline() == b"connected\n"
+            await _connected(channel, "run-1")
+            delivery = await channel.deliver("run-1", "cancel")
+            said = (await proc.stdout.read()).decode().strip()
+            await proc.wait()
+            return delivery, said
 
     delivery, said = anyio.run(scenario)
     assert delivery is Delivery.ACKED
@@ -57,38 +71,34 @@ def test_prefects_engine_acknowledges_a_cancel() -> None:
 
 def test_an_engine_that_never_connected_gets_the_plain_kill() -> None:
     async def scenario() -> Delivery:
-        channel = ControlChannel()
-        await channel.register("run-1")
-        try:
+        async with _channel() as channel:
+            await channel.register("run-1")
             return await channel.deliver("run-1", "cancel")
-        finally:
-            await channel.aclose()
 
     assert anyio.run(scenario) is Delivery.NOT_CONNECTED
 
 
 def test_a_silent_peer_is_no_ack_within_the_bound_and_a_token_is_used_once() -> None:
     async def scenario() -> tuple[Delivery, float, bytes]:
-        channel = ControlChannel()
-        env = await channel.register("run-1")
-        port, token = int(env["PREFECT__CONTROL_PORT"]), env["PREFECT__CONTROL_TOKEN"]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(token.encode() + b"\n\x00PF\x02\x01")  # a v2 hello, then silence
-        await writer.drain()
-        await _connected(channel, "run-1")
-        # a second connection with the same token is turned away
-        replay_reader, replay_writer = await asyncio.open_connection("127.0.0.1", port)
-        replay_writer.write(token.encode() + b"\n")
-        await replay_writer.drain()
-        replay = await replay_reader.read()
-        start = anyio.current_time()
-        delivery = await channel.deliver("run-1", "cancel")
-        took = anyio.current_time() - start
-        assert await reader.readexactly(1) == b"c"  # v1: the intent byte, no hello answer
-        writer.close()
-        replay_writer.close()
-        await channel.aclose()
-        return delivery, took, replay
+        async with _channel() as channel:
+            env = await channel.register("run-1")
+            port, token = int(env["PREFECT__CONTROL_PORT"]), env["PREFECT__CONTROL_TOKEN"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(token.encode() + b"\n\x00PF\x02\x01")  # a v2 hello, then silence
+            await writer.drain()
+            await _connected(channel, "run-1")
+            # a second connection with the same token is turned away
+            replay_reader, replay_writer = await asyncio.open_connection("127.0.0.1", port)
+            replay_writer.write(token.encode() + b"\n")
+            await replay_writer.drain()
+            replay = await replay_reader.read()
+            start = anyio.current_time()
+            delivery = await channel.deliver("run-1", "cancel")
+            took = anyio.current_time() - start
+            assert await reader.readexactly(1) == b"c"  # v1: the intent byte, no hello answer
+            writer.close()
+            replay_writer.close()
+            return delivery, took, replay
 
     delivery, took, replay = anyio.run(scenario)
     assert delivery is Delivery.NO_ACK
@@ -96,12 +106,28 @@ def test_a_silent_peer_is_no_ack_within_the_bound_and_a_token_is_used_once() -> 
     assert replay == b""
 
 
+def test_an_unregistered_run_drops_its_connection() -> None:
+    async def scenario() -> tuple[bytes, Delivery]:
+        async with _channel() as channel:
+            env = await channel.register("run-1")
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(env["PREFECT__CONTROL_PORT"]))
+            writer.write(env["PREFECT__CONTROL_TOKEN"].encode() + b"\n")
+            await writer.drain()
+            await _connected(channel, "run-1")
+            channel.unregister("run-1")  # the run's process ended
+            with anyio.fail_after(5):
+                closed = await reader.read()
+            writer.close()
+            return closed, await channel.deliver("run-1", "cancel")
+
+    assert anyio.run(scenario) == (b"", Delivery.NOT_CONNECTED)
+
+
 def test_the_token_is_masked_in_logs() -> None:
     async def scenario() -> str:
-        channel = ControlChannel()
-        env = await channel.register("run-1")
-        await channel.aclose()
-        return env["PREFECT__CONTROL_TOKEN"]
+        async with _channel() as channel:
+            env = await channel.register("run-1")
+            return env["PREFECT__CONTROL_TOKEN"]
 
     token = anyio.run(scenario)
     assert token.split(".")[0] not in REDACTOR.mask_text(f"env: PREFECT__CONTROL_TOKEN={token}")
@@ -109,10 +135,7 @@ def test_the_token_is_masked_in_logs() -> None:
 
 def test_unregistered_runs_are_not_connected() -> None:
     async def scenario() -> Delivery:
-        channel = ControlChannel()
-        try:
+        async with _channel() as channel:
             return await channel.deliver("unknown", "cancel")
-        finally:
-            await channel.aclose()
 
     assert anyio.run(scenario) is Delivery.NOT_CONNECTED

@@ -124,7 +124,7 @@ class ProcessBackend:
             "process", platform, interval=_POLL, retry=options.retry
         )
         self._warm = WarmEngine(self._engine.spawn, enabled=options.warm_start)
-        self._control = ControlChannel()
+        self._control = ControlChannel(self._engine.spawn)
 
     # -- launch ----------------------------------------------------------------------------
 
