@@ -12,11 +12,13 @@ or leaves moves only its own share. An agent claims its own share at once, in pa
 and polls a page wide enough for its share to fill its free slots.
 
 Fallback: a run of another agent's share is taken over once this agent has seen it wait
-`grace` seconds, so no run waits long on a dead agent, a full one, or one that serves
-other queues. The owner that left it is then counted out for `suspend` seconds, so its
-share is spread among the others instead of being taken over run by run; twice as long each
-time it leaves its share again (up to 32 times: an agent serving other queues of the pool
-is soon left out for half an hour), until it is seen winning a claim.
+`grace` seconds while that agent made no progress (none of its share left our page), so no
+run waits long on a dead agent, a full one, or one that serves other queues, and a live
+agent working through a long queue on a slow server is not raced for its runs. The owner
+that left it is then counted out for `suspend` seconds, so its share is spread among the
+others instead of being taken over run by run; twice as long each time it leaves its share
+again (up to 32 times: an agent serving other queues of the pool is soon left out for half
+an hour), until it is seen winning a claim.
 
 Starting: until this agent has seen its own heartbeat row, others may not count it yet,
 nor it them (they all start at once after a deploy). Meanwhile it reads the rows at every
@@ -101,6 +103,8 @@ class _PoolView:
     busy: bool = False  # the last page was not empty
     capped: bool = False  # the last plan left some of our share for the next batch
     first_seen: dict[str, float] = field(default_factory=dict)  # others' runs: when we saw them
+    owners: dict[str, str] = field(default_factory=dict)  # others' runs: whose share
+    progress: dict[str, float] = field(default_factory=dict)  # agent -> a run of its share left
     suspended: dict[str, float] = field(default_factory=dict)  # agent -> counted out until
     strikes: dict[str, int] = field(default_factory=dict)  # agent -> times it left its share
 
@@ -177,17 +181,24 @@ class Spread:
         view.backing_off, view.busy = False, bool(page)
         agents = self.agents(pool)
         now = self._clock()
-        seen, mine, others = view.first_seen, [], []
-        view.first_seen = {}
+        seen, owners, mine, others = view.first_seen, view.owners, [], []
+        view.first_seen, view.owners = {}, {}
         for item in page:
             run_id = item.flow_run.id
             share = owner(run_id, agents)
             if share == self.me:
                 mine.append(Claim(item, share, takeover=False))
                 continue
-            view.first_seen[run_id] = first = seen.get(run_id, now)
-            if now - first >= self._grace:
-                others.append(Claim(item, share, takeover=True))
+            view.first_seen[run_id] = seen.get(run_id, now)
+            view.owners[run_id] = share
+            view.progress.setdefault(share, now)  # watched from now on
+        for run_id in seen.keys() - view.first_seen.keys():  # claimed since the last page
+            view.progress[owners[run_id]] = now
+        others = [
+            Claim(item, view.owners[item.flow_run.id], takeover=True)
+            for item in page
+            if item.flow_run.id in view.owners and self._overdue(view, item.flow_run.id, now)
+        ]
         view.capped = view.young and len(mine) > self._young_batch
         if view.young:  # blind: our likeliest own runs first, one batch at a time
             mine.sort(key=lambda claim: score(claim.run_id, self.me), reverse=True)
@@ -199,8 +210,12 @@ class Spread:
         view = self._view(pool)
         if not claim.takeover:
             return not view.backing_off and owner(claim.run_id, self.agents(pool)) == self.me
-        first = view.first_seen.get(claim.run_id)
-        return first is not None and self._clock() - first >= self._grace
+        return claim.run_id in view.first_seen and self._overdue(view, claim.run_id, self._clock())
+
+    def _overdue(self, view: _PoolView, run_id: str, now: float) -> bool:
+        """Seen waiting a grace, while its owner made no progress for a grace."""
+        stalled = now - view.progress.get(view.owners[run_id], now) >= self._grace
+        return stalled and now - view.first_seen[run_id] >= self._grace
 
     def won(self, pool: str, claim: Claim) -> None:
         if not claim.takeover:
@@ -208,6 +223,7 @@ class Spread:
         self.taken_over += 1
         view = self._view(pool)
         view.first_seen.pop(claim.run_id, None)
+        view.owners.pop(claim.run_id, None)
         if claim.owner in view.suspended:
             return
         # its owner left it for a whole grace: spread its share among the others for a while
@@ -240,11 +256,7 @@ class Spread:
                 view.backing_off = view.stale = True
             return
         # its owner is alive after all: the rest of its share waits another grace
-        now = self._clock()
-        agents = self.agents(pool)
-        for run_id in view.first_seen:
-            if owner(run_id, agents) == claim.owner:
-                view.first_seen[run_id] = now
+        view.progress[claim.owner] = self._clock()
 
     def backing_off(self, pool: str) -> bool:
         return self._view(pool).backing_off

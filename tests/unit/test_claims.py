@@ -201,6 +201,19 @@ def test_an_agent_that_keeps_leaving_its_share_is_counted_out_longer_until_it_cl
     assert s.agents("p") == {"a", "b"}
 
 
+def test_an_owner_working_through_its_share_is_not_raced_however_long_it_takes() -> None:
+    clock = Clock()
+    s = spread("a", {"a", "b"}, clock)
+    theirs = [i for i in seeded_ids(400) if owner(i, {"a", "b"}) == "b"]
+    for _ in range(5):  # b claims one of its runs every grace-and-a-bit: slow, but alive
+        assert not any(c.takeover for c in s.plan("p", page(theirs)))
+        theirs = theirs[1:]
+        clock.now += GRACE + 0.5
+    s.plan("p", page(theirs))  # its last claim seen, then it stops
+    clock.now += GRACE
+    assert {c.run_id for c in s.plan("p", page(theirs)) if c.takeover} == set(theirs)
+
+
 def test_a_run_seen_later_waits_its_own_grace() -> None:
     clock = Clock()
     s = spread("a", {"a", "b"}, clock)
