@@ -214,55 +214,44 @@ def _detach(settings: Settings, where: Any, request: Any) -> int:
 @infra_app.command("follow", hidden=True)
 def follow() -> None:
     """The follower of a detached run (started by `infra run --detach`; request on stdin)."""
-    from agent.direct import DirectSession
-    from agent.direct.detach import Records, decode_request
+    from agent.direct import DirectSession, Result
+    from agent.direct.detach import Records, answer, decode_request
     from agent.direct.run import interrupted_result
+    from agent.observe.logging import REDACTOR
 
     settings = _settings()
     where, request, run_id = decode_request(sys.stdin.buffer.read())
     records = Records(settings.state_dir)
-    log = records.open_log(run_id)
     launched: list[str] = []
 
     def on_launched(ident: str) -> None:
         launched.append(ident)
         records.started(run_id, ident, os.getpid())
-        sys.stdout.write(f"id {ident}\n")
-        sys.stdout.flush()
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)  # the caller has its answer; nothing else goes there
-        os.close(null)
-
-    def emit(line: str) -> None:
-        from agent.observe.logging import REDACTOR
-
-        log.write(REDACTOR.mask_text(line) + "\n")
+        answer(f"id {ident}")
 
     async def work() -> Any:
         async with DirectSession(settings, environ=dict(os.environ)) as session:
-            job = await session.job(where, request, run_id=run_id, output=emit)
-            from agent.direct.run import run_job
-            from agent.direct.session import InfraId
-
-            return await run_job(
-                session.backend(job.kind),
-                job,
-                kill_grace=settings.kill_grace,
-                infra_id=lambda handle: str(InfraId(where, run_id, handle.pid)),
+            return await session.run(
+                where,
+                request,
+                output=lambda line: log.write(REDACTOR.mask_text(line) + "\n"),
                 on_launched=on_launched,
+                run_id=run_id,
             )
 
-    try:
-        result, _caught = anyio.run(_cancellable, work)
-    except _errors() as exc:
-        if launched:
-            raise
-        sys.stdout.write(f"error {explain(exc, settings.api_url or 'the local server')}\n")
-        raise typer.Exit(EXIT_LAUNCH) from None
-    records.ended(
-        run_id, result if result is not None else interrupted_result(launched[0] if launched else "")
-    )
-    log.close()
+    with records.open_log(run_id) as log:
+        try:
+            result, _caught = anyio.run(_cancellable, work)
+        except _errors() as exc:
+            message = explain(exc, settings.api_url or "the local server")
+            if not launched:
+                answer(f"error {message}")
+                raise typer.Exit(EXIT_LAUNCH) from None
+            result = Result(EXIT_LAUNCH, False, REDACTOR.mask_text(message), launched[0], "lost")
+    if not launched:  # stopped before the workload existed: nothing to record
+        answer("error interrupted before the workload was launched")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    records.ended(run_id, result if result is not None else interrupted_result(launched[0]))
 
 
 def _ident(text: str) -> Any:

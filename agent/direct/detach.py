@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ import psutil
 from agent.direct.build import DirectError, Request, Target
 from agent.direct.run import Result
 
-__all__ = ["Records", "encode_request", "decode_request", "start_follower"]
+__all__ = ["Records", "answer", "decode_request", "encode_request", "start_follower"]
 
 
 class Records:
@@ -82,6 +83,16 @@ class Records:
         temp = self.status(run_id).with_suffix(".tmp")
         temp.write_text(json.dumps(data))
         os.replace(temp, self.status(run_id))
+
+
+def answer(line: str) -> None:
+    """Answer the `infra run --detach` that started us, then let go of its pipe: it has its
+    answer, and a follower must not die of a broken pipe when it exits."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 def encode_request(target: Target, request: Request, run_id: str) -> bytes:

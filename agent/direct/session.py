@@ -12,7 +12,7 @@ for a pool whose variables chose credentials or a region) and the handle from PI
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -110,10 +110,17 @@ class DirectSession:
         return await self.builder.build(target, request, run_id=run_id, output=output)
 
     async def run(
-        self, target: Target, request: Request, *, output: OutputSink, on_launched: Any = None
+        self,
+        target: Target,
+        request: Request,
+        *,
+        output: OutputSink,
+        on_launched: Callable[[str], None] | None = None,
+        run_id: str | None = None,
     ) -> Result:
-        """Run to the end; cancelled, the workload is killed and cleaned up first."""
-        job = await self.job(target, request, output=output)
+        """Run to the end; cancelled, the workload is killed and cleaned up first.
+        `on_launched` gets the infrastructure id as soon as the workload exists."""
+        job = await self.job(target, request, run_id=run_id, output=output)
         backend = self.backend(job.kind)
         return await run_job(
             backend,
