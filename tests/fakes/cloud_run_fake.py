@@ -14,7 +14,10 @@ is tests/fixtures/cloud_run/log_entries.json, after Google's entries.list and Lo
 reference), with the filter terms the backend sends parsed strictly (anything else: 400).
 `write_output` is what the execution's container prints (an entry per line; `delay`: shown
 that many seconds later, as Cloud Logging shows entries); `fail_logs` makes every log read
-answer an error.
+answer an error. The execution's system log (`run.googleapis.com/varlog/system`, shaped as
+tests/fixtures/cloud_run/system_memory.json) gets Cloud Run's memory-limit entry when a task
+is killed for memory (`finish_execution(oom=True)`), and "Container terminated on signal 9."
+when the system kills it otherwise (`system_kill`); `write_system` writes any such entry.
 `inject(route, status, after=True)` makes the next call of a route fail, after committing
 its effect when `after` is true (a lost response).
 """
@@ -68,7 +71,14 @@ _TERMS = {
     "execution": re.compile(r'^labels\."run\.googleapis\.com/execution_name"="(?P<v>[^"]+)"$'),
     "since": re.compile(r'^timestamp>="(?P<v>[^"]+)"$'),
     "logs": re.compile(r'^\((?P<v>logName="[^"]+"(?: OR logName="[^"]+")*)\)$'),
+    "text": re.compile(r'^\((?P<v>textPayload:"[^"]+"(?: OR textPayload:"[^"]+")*)\)$'),
 }
+# Cloud Run's words for a memory kill and for the system's SIGKILL (tests/fixtures/cloud_run/system_*.json)
+MEMORY_WORDS = (
+    "Memory limit of 512 MiB exceeded with 530 MiB used. Consider increasing the memory limit, "
+    "see https://cloud.google.com/run/docs/configuring/memory-limits"
+)
+SIGKILL_WORDS = "Container terminated on signal 9."
 
 
 # the google.rpc.Code an HTTP status carries (https://cloud.google.com/apis/design/errors#http_mapping)
@@ -99,7 +109,10 @@ def _parse_filter(text: str) -> dict[str, Any]:
         for key, pattern in _TERMS.items():
             if match := pattern.match(term):
                 value = match["v"]
-                terms[key] = set(re.findall(r'logName="([^"]+)"', value)) if key == "logs" else value
+                if key in ("logs", "text"):
+                    terms[key] = set(re.findall(r'(?:logName=|textPayload:)"([^"]+)"', value))
+                else:
+                    terms[key] = value
                 break
         else:
             raise _ApiError(400, "INVALID_ARGUMENT", f"Unparseable filter: {term[:80]}")
@@ -116,6 +129,7 @@ def _matches(entry: dict[str, Any], terms: dict[str, Any], projects: set[str]) -
         and terms.get("execution", labels["run.googleapis.com/execution_name"])
         == labels["run.googleapis.com/execution_name"]
         and entry["logName"] in terms.get("logs", {entry["logName"]})
+        and ("text" not in terms or any(t in str(entry.get("textPayload", "")) for t in terms["text"]))
         and (_when(entry["timestamp"]) >= _when(terms["since"]) if "since" in terms else True)
     )
 
@@ -128,6 +142,32 @@ def _when(stamp: str) -> tuple[datetime, int]:
     zone = rest[len(fraction) :] if rest else head[19:]
     base = datetime.fromisoformat(head[:19] + (zone.replace("Z", "+00:00") or "+00:00"))
     return base, int(fraction.ljust(9, "0") or 0)
+
+
+def _entry(name: str, log: str, payload: dict[str, Any], severity: str) -> dict[str, Any]:
+    """A LogEntry of the execution's task 0 in `log` (stdout, stderr, varlog%2Fsystem)."""
+    parts = re.match(r"projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)/executions/([^/]+)$", name)
+    assert parts is not None, name
+    project, location, job, execution = parts.groups()
+    now = _now().isoformat().replace("+00:00", "Z")
+    return {
+        "insertId": uuid.uuid4().hex[:16],
+        "logName": f"projects/{project}/logs/run.googleapis.com%2F{log}",
+        "resource": {
+            "type": "cloud_run_job",
+            "labels": {"project_id": project, "job_name": job, "location": location},
+        },
+        **payload,
+        "timestamp": now,
+        "receiveTimestamp": now,
+        "severity": severity,
+        "labels": {
+            "run.googleapis.com/execution_name": execution,
+            "run.googleapis.com/task_index": "0",
+            "run.googleapis.com/task_attempt": "0",
+            "instanceId": "0087244a80",
+        },
+    }
 
 
 @dataclass
@@ -232,33 +272,23 @@ class CloudRunFake:
         self, name: str, *lines: str, stream: str = "stdout", delay: float = 0.0, json_payload: Any = None
     ) -> None:
         """The execution's task 0 prints `lines` to `stream` (or one structured JSON line)."""
-        parts = re.match(r"projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)/executions/([^/]+)$", name)
-        assert parts is not None, name
-        project, location, job, execution = parts.groups()
         payloads = [{"textPayload": line} for line in lines]
         if json_payload is not None:
             payloads.append({"jsonPayload": json_payload})
+        severity = "ERROR" if stream == "stderr" else "DEFAULT"
         with self._lock:
             for payload in payloads:
-                now = _now().isoformat().replace("+00:00", "Z")
-                self.entries.append((time.monotonic() + delay, {
-                    "insertId": uuid.uuid4().hex[:16],
-                    "logName": f"projects/{project}/logs/run.googleapis.com%2F{stream}",
-                    "resource": {
-                        "type": "cloud_run_job",
-                        "labels": {"project_id": project, "job_name": job, "location": location},
-                    },
-                    **payload,
-                    "timestamp": now,
-                    "receiveTimestamp": now,
-                    "severity": "ERROR" if stream == "stderr" else "DEFAULT",
-                    "labels": {
-                        "run.googleapis.com/execution_name": execution,
-                        "run.googleapis.com/task_index": "0",
-                        "run.googleapis.com/task_attempt": "0",
-                        "instanceId": "0087244a80",
-                    },
-                }))  # fmt: skip
+                self.entries.append((time.monotonic() + delay, _entry(name, stream, payload, severity)))
+
+    def write_system(
+        self, name: str, text: str, severity: str, *, delay: float = 0.0, attempt: int = 0
+    ) -> None:
+        """Cloud Run writes `text` to the execution's system log about task 0's `attempt`."""
+        entry = _entry(name, "varlog%2Fsystem", {"textPayload": text}, severity)
+        entry["labels"] = {**entry["labels"], "run.googleapis.com/task_attempt": str(attempt)}
+        entry["labels"]["container_name"] = "flow"
+        with self._lock:
+            self.entries.append((time.monotonic() + delay, entry))
 
     def fail_logs(self, status: int, code: str = "", message: str = "") -> None:
         """Every entries.list answers this error from now on (status 0: answers again)."""
@@ -283,10 +313,20 @@ class CloudRunFake:
 
         `oom`: the system terminates the container with SIGKILL: `term_signal` 9 and no
         exit code ("at most one of exit_code or term_signal will be set"); Cloud Run's
-        "Memory limit of ... exceeded" words go to Cloud Logging, not to the API, so the
-        attempt carries them only when a test passes them as `message`."""
+        "Memory limit of ... exceeded" words go to the execution's system log in Cloud
+        Logging, not to the API, so the attempt carries them only when a test passes them
+        as `message`."""
+        if oom:
+            self.write_system(name, MEMORY_WORDS, "ERROR")
         signal = 9 if oom else 0
         self._end_tasks(name, exit_code=0 if oom else exit_code, signal=signal, message=message)
+
+    def system_kill(self, name: str, *, words: bool = True) -> None:
+        """The system ends the task with SIGKILL for a reason other than memory: `term_signal`
+        9, no memory entry; `words`: the system log says "Container terminated on signal 9."."""
+        if words:
+            self.write_system(name, SIGKILL_WORDS, "WARNING")
+        self._end_tasks(name, exit_code=0, signal=9, message="")
 
     def time_out(self, name: str) -> None:
         """The task is stopped at the job's timeout: the attempt's status and the condition say

@@ -12,15 +12,16 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from fakes.cloud_run_fake import CloudRunFake
+from fakes.cloud_run_fake import MEMORY_WORDS, SIGKILL_WORDS, CloudRunFake
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.rpc import code_pb2
 
 from agent.backends.base import InfrastructureNotFound
 from agent.backends.cloud_run.client import classify
-from agent.backends.cloud_run.status import ended, outcome_of, started, waiting_message
+from agent.backends.cloud_run.status import ended, outcome_of, sigkilled, started, waiting_message
 from agent.backends.cloud_run.steps import _already_ended
+from agent.backends.cloud_run.system_log import MEMORY, system_filter, system_log_of
 from agent.outcome import Reason
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cloud_run"
@@ -188,3 +189,79 @@ def test_a_double_that_invents_a_field_fails_the_strict_models() -> None:
     execution = _load("running")["execution"]
     with pytest.raises(Exception, match="exitCode"):
         run_v2.Execution.from_json(json.dumps({**execution, "exitCode": 137}), ignore_unknown_fields=False)
+
+
+# -- the execution's system log: the memory-limit entry that makes a SIGKILL an OOM -----------
+
+EXECUTION = "projects/demo/locations/us-central1/jobs/flow-run-1111/executions/flow-run-1111-x7k2p"
+# LogEntry's fields (https://cloud.google.com/logging/docs/reference/v2/rest/v2/LogEntry)
+LOG_ENTRY_FIELDS = {
+    "logName", "resource", "protoPayload", "textPayload", "jsonPayload", "timestamp", "receiveTimestamp",
+    "severity", "insertId", "httpRequest", "labels", "operation", "trace", "spanId", "traceSampled",
+    "sourceLocation", "split", "errorGroups", "apphub", "apphubDestination",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["system_memory", "system_sigkill"])
+def test_the_recorded_system_log_and_the_filter(name: str) -> None:
+    fixture = _load(name)
+    assert fixture["sources"] and all(s.startswith("https://") for s in fixture["sources"])
+    assert fixture["request"]["filter"] == system_filter(EXECUTION)
+    for entry in fixture["response"]["entries"]:
+        assert set(entry) <= LOG_ENTRY_FIELDS
+        assert entry["logName"] == "projects/demo/logs/run.googleapis.com%2Fvarlog%2Fsystem"
+        assert entry["resource"]["type"] == "cloud_run_job"
+        assert entry["labels"]["run.googleapis.com/execution_name"] == EXECUTION.rsplit("/", 1)[1]
+    _, tasks = _read("oom")
+    assert system_log_of(fixture["response"]["entries"], tasks[0]).memory == fixture["memory"]
+
+
+def test_the_system_log_decides_a_sigkill() -> None:
+    execution, tasks = _read("oom")
+    assert sigkilled(execution, tasks) is tasks[0]
+    memory = system_log_of(_load("system_memory")["response"]["entries"], tasks[0])
+    oom = outcome_of(execution, tasks, killed=False, timeout=600, system=memory)
+    assert oom is not None and oom.reason is Reason.OOM and oom.oom, oom
+    assert "Memory limit of 512 MiB exceeded with 530 MiB used" in oom.message()
+
+    killed = system_log_of(_load("system_sigkill")["response"]["entries"], tasks[0])
+    assert killed.memory == "" and killed.said == "Container terminated on signal 9."
+    outcome = outcome_of(execution, tasks, killed=False, timeout=600, system=killed)
+    assert outcome is not None and outcome.reason is Reason.EXITED and not outcome.oom, outcome
+    assert outcome.exit_code is None and "OOM" not in outcome.message()
+    assert "no memory-limit entry" in outcome.message() and "signal 9" in outcome.message()
+
+
+@pytest.mark.parametrize("state", ["success", "exit_1", "timeout", "cancelled", "pull_failure", "running"])
+def test_only_a_sigkill_by_the_system_asks_for_the_system_log(state: str) -> None:
+    execution, tasks = _read(state)
+    assert sigkilled(execution, tasks) is None
+
+
+def test_an_entry_of_another_attempt_does_not_count() -> None:
+    _, tasks = _read("oom")
+    task = run_v2.Task.from_json(run_v2.Task.to_json(tasks[0]))
+    task.retried = 1  # the last attempt is the second; the memory entry is the first's
+    entries = _load("system_memory")["response"]["entries"]
+    assert system_log_of(entries, task).memory == ""
+    unlabelled = [{**entries[0], "labels": {}}]  # no task labels: it counts for every task
+    assert system_log_of(unlabelled, task).memory == entries[0]["textPayload"]
+    assert MEMORY.search("Out-of-memory event detected in container")
+
+
+def test_the_fakes_system_log_has_the_recorded_shape_and_answers_the_filter() -> None:
+    recorded = _load("system_memory")["response"]["entries"][0]
+    with CloudRunFake() as fake:
+        fake.write_system(EXECUTION, MEMORY_WORDS, "ERROR")
+        fake.write_system(EXECUTION, SIGKILL_WORDS, "WARNING")
+        fake.write_output(EXECUTION, "Memory limit of my own making")  # stdout: not the system's
+        body = {"resourceNames": ["projects/demo"], "filter": system_filter(EXECUTION), "pageSize": 1000}
+        answer = httpx.post(f"{fake.url}/v2/entries:list", json=body)
+        assert answer.status_code == 200, answer.text
+        entries = answer.json()["entries"]
+    assert [e["textPayload"] for e in entries] == [MEMORY_WORDS, SIGKILL_WORDS]
+    for entry in entries:
+        assert set(entry) == set(recorded) and set(entry["labels"]) == set(recorded["labels"])
+        assert set(entry["resource"]["labels"]) == set(recorded["resource"]["labels"])
+        assert entry["logName"] == recorded["logName"]
+    assert entries[0]["textPayload"] == recorded["textPayload"] and entries[0]["severity"] == "ERROR"

@@ -31,6 +31,9 @@ sees it cancelled and cleans up. `grace` is Cloud Run's to apply.
 **Output** (`stream_output`, or a job's own sink: a direct run) is the execution's Cloud
 Logging entries, read after each status and drained after the end before the waiter wakes
 (output.py); an adopted run with `stream_output` ships to its flow run's logs the same way.
+Whatever `stream_output` says, a task the system ended with SIGKILL has the execution's
+system log read once for its memory-limit entry (system_log.py): launched, adopted and
+inspected runs alike.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from agent.backends.base import BackendOptions, Handle, InfrastructureNotFound, 
 from agent.backends.cloud_run.client import ClientCache, Clients
 from agent.backends.cloud_run.output import Output
 from agent.backends.cloud_run.spec import job_spec
-from agent.backends.cloud_run.status import outcome_of
+from agent.backends.cloud_run.status import outcome_of, sigkilled
 from agent.backends.cloud_run.steps import CloudRunSteps
+from agent.backends.cloud_run.system_log import read_system_log
 from agent.backends.cloud_run.watch import Executions, ExecutionState
 from agent.backends.engine import Watched, WatchEngine
 from agent.infra.cloud_run import CloudRunRuntime
@@ -133,7 +137,11 @@ class CloudRunBackend:
             return Outcome(Reason.LOST, detail=f"Cloud Run execution {handle.pid} no longer exists")
         if tasks is None:
             return None
-        return outcome_of(execution, tasks, killed=False, timeout=_timeout(handle))
+        task = sigkilled(execution, tasks)
+        system = None
+        if task is not None:
+            system = await read_system_log(self._steps.logs, clients, handle.pid, task, handle.flow_run_id)
+        return outcome_of(execution, tasks, killed=False, timeout=_timeout(handle), system=system)
 
     async def kill(self, handle: Handle, grace: float) -> None:
         watched = self._engine.get(handle.pid)

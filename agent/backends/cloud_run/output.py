@@ -41,7 +41,18 @@ from agent.backends.sdk import SdkCalls
 from agent.observe.logging import REDACTOR, get_logger
 from agent.retry import Retryable, RetryPolicy
 
-__all__ = ["DRAIN_MAX", "LATE", "PAGE", "SEEN_MAX", "Output", "entry_filter", "line_of", "logs_calls"]
+__all__ = [
+    "DRAIN_MAX",
+    "LATE",
+    "PAGE",
+    "SEEN_MAX",
+    "Output",
+    "entry_filter",
+    "line_of",
+    "list_entries",
+    "logs_calls",
+    "parts_of",
+]
 
 PAGE: Final = 1000  # entries per page (the API's maximum): what one read holds in memory
 LATE: Final = 5.0  # seconds each read looks back for entries shown after newer ones
@@ -78,22 +89,26 @@ def _classify(exc: Exception, what: str) -> BackendError:
     return BackendError(f"Cloud Logging {what}: unexpected {type(exc).__name__}")
 
 
-def entry_filter(execution: str, since: str | None) -> str:
-    """The filter of one execution's stdout and stderr entries (from `since`, RFC 3339)."""
+def parts_of(execution: str) -> tuple[str, list[str]]:
+    """The project of an execution and the filter terms that select its entries."""
     match = _PATH.match(execution)
     if match is None:
         raise LaunchError(f"not a Cloud Run execution name: {execution[:200]!r}")
-    project = match["p"]
-    names = " OR ".join(
-        f'logName="projects/{project}/logs/run.googleapis.com%2F{s}"' for s in ("stdout", "stderr")
-    )
-    parts = [
+    return match["p"], [
         'resource.type="cloud_run_job"',
         f'resource.labels.job_name="{match["j"]}"',
         f'resource.labels.location="{match["r"]}"',
         f'labels."run.googleapis.com/execution_name"="{match["e"]}"',
-        f"({names})",
     ]
+
+
+def entry_filter(execution: str, since: str | None) -> str:
+    """The filter of one execution's stdout and stderr entries (from `since`, RFC 3339)."""
+    project, parts = parts_of(execution)
+    names = " OR ".join(
+        f'logName="projects/{project}/logs/run.googleapis.com%2F{s}"' for s in ("stdout", "stderr")
+    )
+    parts.append(f"({names})")
     if since:
         parts.append(f'timestamp>="{since}"')
     return " AND ".join(parts)
@@ -120,6 +135,7 @@ class Output:
     seen: OrderedDict[str, int] = field(default_factory=OrderedDict, repr=False)  # insertId -> ns
     warned: bool = False
     stopped: bool = False  # refused (or the sink failed): no more reads
+    refused: bool = False  # Cloud Logging refused a read (said once, with the fix)
 
     async def follow(
         self, calls: SdkCalls, clients: Clients, execution: str, run_id: str, *, final: bool
@@ -162,16 +178,7 @@ class Output:
 
     @staticmethod
     async def _page(calls: SdkCalls, clients: Clients, body: dict[str, Any], final: bool) -> dict[str, Any]:
-        def post() -> dict[str, Any]:
-            url = f"{clients.logging_url}/v2/entries:list"
-            response = clients.logs.post(url, json=body, timeout=_FINAL_TIMEOUT if final else _TIMEOUT)
-            if response.status_code >= 400:
-                raise gexc.from_http_response(response)
-            answer = response.json()
-            return answer if isinstance(answer, dict) else {}
-
-        what = "entries.list"
-        return await (calls(post, what) if final else calls.once(post, what))
+        return await list_entries(calls, clients, body, final=final)
 
     def _take(self, entries: list[Any], run_id: str) -> int:
         new = 0
@@ -204,10 +211,29 @@ class Output:
 
     def _unavailable(self, exc: BackendError, run_id: str, *, refused: bool) -> None:
         self.stopped = self.stopped or refused
+        self.refused = self.refused or refused
         if not self.warned:
             self.warned = True
             then = "" if refused else "; trying again on the next round"
             log.warning(f"the execution's output is unavailable: {exc}{then}", flow_run_id=run_id)
+
+
+async def list_entries(
+    calls: SdkCalls, clients: Clients, body: dict[str, Any], *, final: bool
+) -> dict[str, Any]:
+    """One `entries:list` page with the run's credentials; `final`: retried with the agent's
+    policy (after the end), else tried once (a round's read: the next round tries again)."""
+
+    def post() -> dict[str, Any]:
+        url = f"{clients.logging_url}/v2/entries:list"
+        response = clients.logs.post(url, json=body, timeout=_FINAL_TIMEOUT if final else _TIMEOUT)
+        if response.status_code >= 400:
+            raise gexc.from_http_response(response)
+        answer = response.json()
+        return answer if isinstance(answer, dict) else {}
+
+    what = "entries.list"
+    return await (calls(post, what) if final else calls.once(post, what))
 
 
 def _stamped(entries: list[Any]) -> Iterator[tuple[Mapping[str, Any], int]]:

@@ -16,22 +16,36 @@ What the service gives, per Google's reference (docs/cloud-behaviour.md, "Cloud 
   stopped, it may carry a termination signal, so the timeout is decided by those words
   first and is never read as an OOM.
 * Cloud Run documents memory kills only as "instances that exceed their allowed memory
-  limit are terminated"; the words "Memory limit of N MiB exceeded with M MiB used" are a
-  Cloud Logging entry. An OOM is therefore: those words wherever they appear (condition,
-  attempt status), else a task the system terminated with SIGKILL that was neither
-  cancelled nor timed out.
+  limit are terminated"; the words "Memory limit of N MiB exceeded with M MiB used" are an
+  entry of the execution's system log in Cloud Logging (`run.googleapis.com/varlog/system`),
+  never a field of the Admin API. A task the system ended with SIGKILL (`term_signal` 9, or
+  exit 137) that was neither cancelled nor timed out (`sigkilled`) is therefore explained
+  by that log (`SystemLog`, read by system_log.py): its memory entry makes an OOM in its
+  words; a log read without one makes a SIGKILL by the system, not an OOM; an unread log
+  (refused, failed) leaves the older heuristic: OOM, pointing at the execution's logs.
+  Memory words in the API's own messages still decide an OOM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from google.cloud.run_v2 import Condition
 
 from agent.outcome import Outcome, Reason
 
-__all__ = ["condition_message", "ended", "has_time", "outcome_of", "started", "waiting_message"]
+__all__ = [
+    "SystemLog",
+    "condition_message",
+    "ended",
+    "has_time",
+    "outcome_of",
+    "sigkilled",
+    "started",
+    "waiting_message",
+]
 
 _SUCCEEDED: Final = Condition.State.CONDITION_SUCCEEDED
 _FAILED: Final = Condition.State.CONDITION_FAILED
@@ -40,6 +54,16 @@ _CANCELLED: Final = Condition.ExecutionReason.CANCELLED
 _SIGKILL: Final = 9
 _TIMEOUT_WORDS: Final = ("configured timeout was reached", "timeout")
 _MEMORY_WORDS: Final = ("memory limit of", "memory limit", "out of memory")
+
+
+@dataclass(frozen=True)
+class SystemLog:
+    """What the execution's system log (Cloud Logging) says about a SIGKILL, once read:
+    `memory` the memory-limit entry's words ("" when there is none), `said` the system's
+    own words about the kill (e.g. "Container terminated on signal 9."), if any."""
+
+    memory: str = ""
+    said: str = ""
 
 
 def has_time(message: Any, field: str) -> bool:
@@ -95,8 +119,44 @@ def ended(execution: Any) -> bool:
     return terminal or cancelled(execution)
 
 
-def outcome_of(execution: Any, tasks: Sequence[Any], *, killed: bool, timeout: int | None) -> Outcome | None:
-    """The outcome of an ended execution; None while it has not ended (read it again)."""
+def _failed_tasks(tasks: Sequence[Any]) -> list[Any]:
+    def failed(attempt: Any) -> bool:
+        return bool(attempt.exit_code or attempt.term_signal or attempt.status.code)
+
+    return [t for t in tasks if has_time(t, "last_attempt_result") and failed(t.last_attempt_result)]
+
+
+def sigkilled(execution: Any, tasks: Sequence[Any]) -> Any | None:
+    """The task of an ended execution that the system ended with SIGKILL (`term_signal` 9 or
+    exit 137), neither cancelled nor stopped at its timeout nor already said to be a memory
+    kill by the API: the end only the execution's system log can explain. None otherwise."""
+    if not ended(execution) or cancelled(execution):
+        return None
+    completed = _condition(execution, "Completed")
+    if completed is not None and int(completed.state) == _SUCCEEDED:
+        return None
+    failed = _failed_tasks(tasks)
+    if not failed:
+        return None
+    attempt = failed[0].last_attempt_result
+    if int(attempt.term_signal) != _SIGKILL and int(attempt.exit_code) != 137:
+        return None
+    lowered = " ".join((condition_message(execution), attempt.status.message)).lower()
+    if any(w in lowered for w in _TIMEOUT_WORDS + _MEMORY_WORDS):
+        return None
+    return failed[0]
+
+
+def outcome_of(
+    execution: Any,
+    tasks: Sequence[Any],
+    *,
+    killed: bool,
+    timeout: int | None,
+    system: SystemLog | None = None,
+) -> Outcome | None:
+    """The outcome of an ended execution; None while it has not ended (read it again).
+    `system`: the execution's system log as read after a SIGKILL end; None when unread."""
     if not ended(execution):
         return None
     if cancelled(execution):
@@ -106,16 +166,18 @@ def outcome_of(execution: Any, tasks: Sequence[Any], *, killed: bool, timeout: i
     if completed is not None and int(completed.state) == _SUCCEEDED:
         return Outcome(Reason.EXITED, exit_code=0)
     said = condition_message(execution)
-    attempts = [t.last_attempt_result for t in tasks if has_time(t, "last_attempt_result")]
-    failed = [a for a in attempts if a.exit_code or a.term_signal or a.status.code]
+    failed = _failed_tasks(tasks)
     if not failed and not started(execution):
         return Outcome(
             Reason.START_FAILED, detail=f"Cloud Run: {said or 'the execution failed before it started'}"
         )
-    return _failed_attempt(failed[0] if failed else None, said, timeout, execution.log_uri)
+    attempt = failed[0].last_attempt_result if failed else None
+    return _failed_attempt(attempt, said, timeout, execution.log_uri, system)
 
 
-def _failed_attempt(attempt: Any | None, said: str, timeout: int | None, log_uri: str) -> Outcome:
+def _failed_attempt(
+    attempt: Any | None, said: str, timeout: int | None, log_uri: str, system: SystemLog | None
+) -> Outcome:
     exit_code: int | None = None
     signal = 0
     words = [said] if said else []
@@ -139,10 +201,28 @@ def _failed_attempt(attempt: Any | None, said: str, timeout: int | None, log_uri
     if any(w in lowered for w in _MEMORY_WORDS):
         return Outcome(Reason.OOM, exit_code=exit_code, detail=detail)
     if signal == _SIGKILL or exit_code == 137:
-        # the API has no memory words: they are a Cloud Logging entry; point at it
-        logs = f" ({log_uri})" if log_uri else ""
-        where = f"; Cloud Run's 'Memory limit of ... exceeded' entry is in the execution's logs{logs}"
-        return Outcome(Reason.OOM, exit_code=exit_code, detail=detail + where)
+        return _sigkill(exit_code, detail, log_uri, system)
     if exit_code is None and signal:
         exit_code = 128 + signal  # the shell's convention, so the exit table explains it
     return Outcome(Reason.EXITED, exit_code=exit_code, detail=detail)
+
+
+def _sigkill(exit_code: int | None, detail: str, log_uri: str, system: SystemLog | None) -> Outcome:
+    """A SIGKILL end, explained by the system log when it was read."""
+    logs = f" ({log_uri})" if log_uri else ""
+    if system is None:  # unread: the API alone, where a memory kill looks like this
+        where = f"; Cloud Run's 'Memory limit of ... exceeded' entry is in the execution's logs{logs}"
+        return Outcome(Reason.OOM, exit_code=exit_code, detail=detail + where)
+    if system.memory:
+        words = f"{detail}; Cloud Logging: {system.memory}{logs}"
+        return Outcome(Reason.OOM, exit_code=exit_code, detail=words)
+    # no memory entry: not an OOM. No 137 either (the exit table reads 137 as one); the code
+    # the container gave, if any, stays in the words
+    how = "exited with code 137 (a process in it was killed with SIGKILL)" if exit_code == 137 else "SIGKILL"
+    own = f" ({system.said})" if system.said else ""
+    return Outcome(
+        Reason.EXITED,
+        detail=f"{detail}; {how}{own}: the execution's system log has no memory-limit entry, so this "
+        f"is not an out-of-memory kill; Cloud Run ends a container with SIGKILL when it outlives the "
+        f"grace period after a stop (SIGTERM){logs}",
+    )

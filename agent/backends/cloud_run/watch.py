@@ -6,10 +6,14 @@ listed, for the exit code and signal of their last attempts. A missed start dead
 cancels the execution and reports START_FAILED with the platform's reason for waiting;
 the end deletes the per-run job unless `keep_job`. A run that ships its output has its
 new Cloud Logging entries read after each status, and drained after the end (output.py).
+A task the system ended with SIGKILL has the execution's system log read once, `settle`
+seconds after that end was first seen (Cloud Logging shows entries late), before the end
+is concluded: its memory entry, or its absence, says whether it was an OOM (system_log.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +21,9 @@ from typing import Any
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.cloud_run.client import Clients
 from agent.backends.cloud_run.output import Output
-from agent.backends.cloud_run.status import outcome_of, started, waiting_message
+from agent.backends.cloud_run.status import SystemLog, outcome_of, sigkilled, started, waiting_message
 from agent.backends.cloud_run.steps import CloudRunSteps, Status
+from agent.backends.cloud_run.system_log import read_system_log
 from agent.backends.engine import Watched
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
@@ -38,6 +43,9 @@ class ExecutionState:
     killed: bool = False  # cancelled by this agent: the end is KILLED by flow-agent
     last: Any = None  # the execution as last read: its conditions say why it has not started
     output: Output | None = None  # set when the run ships its output
+    killed_seen: float | None = None  # when a SIGKILL end was first read (monotonic)
+    system_read: bool = False  # the system log was read (or could not be) after that end
+    system: SystemLog | None = None  # what it said; None: unread
 
 
 def job_of(execution: str) -> str:
@@ -70,7 +78,24 @@ class Executions:
                 await output.follow(
                     self._steps.logs, watched.state.clients, watched.pid, watched.flow_run_id, final=False
                 )
+            await self._explain_kill(watched, answer[watched.pid])
         return answer
+
+    async def _explain_kill(self, watched: Watched[ExecutionState], status: Status) -> None:
+        """After a SIGKILL end has settled, read the execution's system log once."""
+        execution, tasks = status
+        state = watched.state
+        task = None if tasks is None or state.system_read else sigkilled(execution, tasks)
+        if task is None:
+            return
+        now = time.monotonic()
+        state.killed_seen = state.killed_seen or now
+        if now - state.killed_seen < self._settle:
+            return  # conclude waits for the next round
+        state.system = await read_system_log(
+            self._steps.logs, state.clients, watched.pid, task, watched.flow_run_id, state.output
+        )
+        state.system_read = True
 
     def conclude(self, watched: Watched[ExecutionState], status: Status | None) -> Outcome | None:
         if status is None:
@@ -81,7 +106,10 @@ class Executions:
             watched.started = True
         if tasks is None:
             return None
-        return outcome_of(execution, tasks, killed=watched.state.killed, timeout=watched.state.timeout)
+        state = watched.state
+        if not state.system_read and sigkilled(execution, tasks) is not None:
+            return None  # its system log is read first (read(), once settled)
+        return outcome_of(execution, tasks, killed=state.killed, timeout=state.timeout, system=state.system)
 
     async def overdue(self, watched: Watched[ExecutionState], which: str) -> Outcome | None:
         # only a start deadline is set: Cloud Run enforces the job's own timeout itself
