@@ -363,8 +363,8 @@ def render(
     ] = None,
 ) -> None:
     """Print the exact payload `infra run` would launch (secrets masked), launching nothing."""
+    from agent.cli.infra_render import render_document, summary
     from agent.direct import DirectSession
-    from agent.direct.render import render_document, summary
 
     settings = _settings()
     try:

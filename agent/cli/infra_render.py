@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.cli.render import _split_env, masked_document
-from agent.direct.build import Request, Target
-from agent.direct.session import DirectSession
+from agent.direct import DirectSession, Request, Target
 from agent.observe.logging import REDACTOR
 
 __all__ = ["render_document", "summary"]
