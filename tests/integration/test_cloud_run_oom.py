@@ -23,6 +23,7 @@ from fakes.cloud_run_fake import MEMORY_WORDS, CloudRunFake
 
 from agent.backends.base import BackendOptions, Job
 from agent.backends.cloud_run import CloudRunBackend
+from agent.backends.cloud_run.watch import SYSTEM_TRIES
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.merge import resolve_job_configuration
 from agent.infra.spec import RunContext
@@ -192,5 +193,38 @@ def test_an_adopted_or_inspected_run_reads_the_system_log_too(fake: CloudRunFake
                 assert len(_system_reads(fake, found.pid)) == 2  # inspect's read, then the watch's
         finally:
             await finder.aclose()
+
+    anyio.run(scenario)
+
+
+def test_a_transient_failure_is_tried_next_round_then_falls_back_with_one_warning(fake: CloudRunFake) -> None:
+    async def scenario() -> None:
+        backend = _backend(fake, interval=0.25)  # rounds far enough apart to step in between
+        try:
+            for recovers in (True, False):
+                job = _job(f"flaky-logs-{recovers}")
+                with structlog.testing.capture_logs() as logs:
+                    handle = await backend.launch(job)
+                    fake.fail_logs(503, "UNAVAILABLE", "The service is currently unavailable.")
+                    fake.finish_execution(handle.pid, oom=True)
+                    with anyio.fail_after(20):
+                        while not _system_reads(fake, handle.pid):
+                            await anyio.sleep(0.02)
+                        if recovers:
+                            fake.fail_logs(0)
+                        outcome = await backend.wait(handle)
+                fake.fail_logs(0)
+                assert outcome.reason is Reason.OOM, outcome
+                reads, warnings = _system_reads(fake, handle.pid), _warnings(logs, job)
+                if recovers:  # the second round's read finds the entry, nothing is said
+                    assert WORDS in outcome.message() and len(reads) == 2 and warnings == []
+                else:  # SYSTEM_TRIES rounds, then the older wording and one warning
+                    assert "entry is in the execution's logs" in outcome.message()
+                    assert len(reads) == SYSTEM_TRIES
+                    [warning] = warnings
+                    assert "system log is unavailable" in warning and "503" in warning
+        finally:
+            fake.fail_logs(0)
+            await backend.aclose()
 
     anyio.run(scenario)

@@ -10,11 +10,13 @@ used. Consider increasing the memory limit, see
 https://cloud.google.com/run/docs/configuring/memory-limits" (tests/fixtures/cloud_run/
 system_memory.json names its sources, docs/cloud-behaviour.md the rest).
 
-So when a task ended by SIGKILL (`status.sigkilled`), this reads that log once: one
+So when a task ended by SIGKILL (`status.sigkilled`), this reads that log: one
 `entries:list` page, filtered to the execution's memory and signal entries, with the run's
-credentials, retried with the agent's policy. A read that fails is said once in the agent
-log (a refusal with the fix, `roles/logging.viewer`) and leaves the reader's older
-heuristic; a refusal the output reader already said is not asked or said again.
+credentials. A transient failure is left to the caller to try again (the watch does, a few
+rounds, so a Cloud Logging outage never holds a watch round in a retry loop); a refusal,
+or the last try's failure, is said once in the agent log (a refusal with the fix,
+`roles/logging.viewer`) and leaves the reader's older heuristic; a refusal the output
+reader already said is not asked or said again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from agent.backends.base import BackendError
+from agent.backends.base import BackendError, BackendUnavailable
 from agent.backends.cloud_run.client import Clients
 from agent.backends.cloud_run.output import PAGE, Output, list_entries, parts_of
 from agent.backends.cloud_run.status import SystemLog
@@ -80,9 +82,17 @@ def _about(entry: Mapping[str, Any], task: Any) -> bool:
 
 
 async def read_system_log(
-    calls: SdkCalls, clients: Clients, execution: str, task: Any, run_id: str, output: Output | None = None
+    calls: SdkCalls,
+    clients: Clients,
+    execution: str,
+    task: Any,
+    run_id: str,
+    output: Output | None = None,
+    *,
+    last: bool = True,
 ) -> SystemLog | None:
-    """The execution's system log about `task`'s SIGKILL; None when it could not be read."""
+    """The execution's system log about `task`'s SIGKILL; None when it could not be read.
+    Not `last`: a transient failure raises BackendUnavailable, unsaid, to be tried again."""
     if output is not None and output.refused:
         return None  # Cloud Logging refused this run's reads: said once already, with the fix
     body = {
@@ -92,9 +102,11 @@ async def read_system_log(
         "pageSize": PAGE,
     }
     try:
-        page = await list_entries(calls, clients, body, final=True)
+        page = await list_entries(calls, clients, body, final=False)
     except BackendError as exc:
         refused = not isinstance(exc, Retryable)
+        if not refused and not last:
+            raise BackendUnavailable(str(exc)) from None
         log.warning(f"the execution's system log is unavailable: {exc}; {_NOTE}", flow_run_id=run_id)
         if output is not None and refused:  # the output reader would only be refused again
             output.refused = output.stopped = output.warned = True

@@ -6,9 +6,10 @@ listed, for the exit code and signal of their last attempts. A missed start dead
 cancels the execution and reports START_FAILED with the platform's reason for waiting;
 the end deletes the per-run job unless `keep_job`. A run that ships its output has its
 new Cloud Logging entries read after each status, and drained after the end (output.py).
-A task the system ended with SIGKILL has the execution's system log read once, `settle`
+A task the system ended with SIGKILL has the execution's system log read, `settle`
 seconds after that end was first seen (Cloud Logging shows entries late), before the end
 is concluded: its memory entry, or its absence, says whether it was an OOM (system_log.py).
+A transient failure of that read is tried again next round, `SYSTEM_TRIES` rounds at most.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.cloud_run.client import Clients
@@ -28,7 +29,9 @@ from agent.backends.engine import Watched
 from agent.observe.logging import get_logger
 from agent.outcome import Outcome, Reason
 
-__all__ = ["ExecutionState", "Executions"]
+__all__ = ["SYSTEM_TRIES", "ExecutionState", "Executions"]
+
+SYSTEM_TRIES: Final = 3  # rounds a transiently failing system-log read is tried
 
 log = get_logger("agent.backends.cloud_run")
 
@@ -45,6 +48,7 @@ class ExecutionState:
     output: Output | None = None  # set when the run ships its output
     killed_seen: float | None = None  # when a SIGKILL end was first read (monotonic)
     system_read: bool = False  # the system log was read (or could not be) after that end
+    system_tries: int = 0
     system: SystemLog | None = None  # what it said; None: unread
 
 
@@ -92,9 +96,19 @@ class Executions:
         state.killed_seen = state.killed_seen or now
         if now - state.killed_seen < self._settle:
             return  # conclude waits for the next round
-        state.system = await read_system_log(
-            self._steps.logs, state.clients, watched.pid, task, watched.flow_run_id, state.output
-        )
+        state.system_tries += 1
+        try:
+            state.system = await read_system_log(
+                self._steps.logs,
+                state.clients,
+                watched.pid,
+                task,
+                watched.flow_run_id,
+                state.output,
+                last=state.system_tries >= SYSTEM_TRIES,
+            )
+        except BackendUnavailable:
+            return  # transient: the next round tries again
         state.system_read = True
 
     def conclude(self, watched: Watched[ExecutionState], status: Status | None) -> Outcome | None:
