@@ -7,10 +7,12 @@ launch (see zygote.py), so a run behaves the same either way: only the time to i
 line and the memory it shares differ.
 
 Warm only when nothing can differ: the command is exactly the default engine command with
-the agent's own Python, and the variables that shape an interpreter at its start (PYTHON*,
-the locale) are those the warm engine started with. Anything else, and any trouble with the
-warm engine (it failed to start, died, refused or did not answer), starts the run cold,
-and says so once. The engine is rebuilt when a directory it imports from changes (a
+the agent's own Python (another Python starts cold, said once; a custom command simply runs
+as given), and the engine was started with the run's own values of the variables that shape
+an interpreter at its start (PYTHON*, the locale): runs that differ in them get an engine of
+their own (two at most). Any trouble with a warm engine (it failed to start, died, refused
+or did not answer) starts the run cold and is said once; a failed engine is tried again
+after _RETRY_AFTER. An engine is rebuilt when a directory it imports from changes (a
 package installed or upgraded), as a cold start would see the change.
 """
 
@@ -42,13 +44,20 @@ _ANSWER_TIMEOUT: Final = 10.0  # seconds for a fork's pid
 _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine failed
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
 _ORPHAN_POLL: Final = 0.2
+_MAX_ENGINES: Final = 2  # warm engines for different interpreter variables at once
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
-def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables an interpreter reads at its start: a fork would not see them change."""
-    return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")}
+Key = frozenset[tuple[str, str]]
+
+
+def _key(env: Mapping[str, str]) -> Key:
+    """The variables an interpreter reads at its start (a fork would not see them change):
+    runs that differ in them never share a warm engine."""
+    return frozenset(
+        (k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")
+    )
 
 
 class WarmProcess:
@@ -88,7 +97,7 @@ class WarmProcess:
 class _Zygote:
     """One warm engine process and its socket."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, key: dict[str, str]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, key: Key) -> None:
         self.proc = proc
         self.sock = sock
         self.key = key
@@ -111,7 +120,7 @@ class WarmEngine:
         self._spawn = spawn
         self._enabled = enabled
         self._python = python
-        self._zygote: _Zygote | None = None
+        self._zygotes: dict[Key, _Zygote] = {}  # by interpreter variables, least recently used first
         self._starting: asyncio.Lock | None = None
         self._failed_at: float | None = None
         self._retired: list[_Zygote] = []
@@ -127,13 +136,8 @@ class WarmEngine:
         if list(command)[1:] != ["-m", "prefect.engine"]:
             return False  # the user's own command: it runs as given, there is no warm form of it
         if command[0] != self._python:
-            self._say_once("python", "runs with another Python than the agent's start cold", python=command[0])
-            return False
-        zygote = self._zygote
-        if zygote is not None and zygote.ready.is_set() and zygote.key != _interpreter_env(env):
             self._say_once(
-                "env",
-                "a run whose PYTHON* or locale variables differ from the warm engine's starts cold",
+                "python", "runs with another Python than the agent's start cold", python=command[0]
             )
             return False
         return True
@@ -180,20 +184,24 @@ class WarmEngine:
         return child
 
     async def _ready(self, env: Mapping[str, str]) -> _Zygote | None:
-        zygote = self._zygote
+        """The warm engine for this run's interpreter variables, started (and waited for) if
+        there is none yet; None: start the run cold."""
+        key = _key(env)
+        zygote = self._zygotes.get(key)
         if zygote is not None and zygote.ready.is_set() and zygote.stale():
             self._say_once("rebuilt", "the warm engine's packages changed: it is being rebuilt")
             self._retire(zygote)
-        if self._zygote is None:
+        if key not in self._zygotes:
             if self._failed_at is not None and anyio.current_time() - self._failed_at < _RETRY_AFTER:
                 return None
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
-                if self._zygote is None:
-                    await self._start(env)
-        zygote = self._zygote
+                if key not in self._zygotes:
+                    await self._start(key, env)
+        zygote = self._zygotes.get(key)
         if zygote is None:
             return None
+        self._zygotes[key] = self._zygotes.pop(key)  # the most recently used now
         with anyio.move_on_after(_READY_TIMEOUT):
             await zygote.ready.wait()
         if not zygote.ready.is_set() or zygote.failed or zygote.dead:
@@ -202,9 +210,17 @@ class WarmEngine:
             return None
         return zygote
 
-    async def _start(self, env: Mapping[str, str]) -> None:
+    async def _start(self, key: Key, env: Mapping[str, str]) -> None:
         # The engine imports with the environment of the first run it serves, minus what
         # identifies that run; each fork takes its own run's environment before it runs.
+        # Runs whose interpreter variables differ (a deployment's PYTHONPATH) get their own
+        # engine: at most _MAX_ENGINES, the least recently used retired to make room.
+        if self._zygotes:
+            self._say_once(
+                "another", "a run with other PYTHON* or locale variables gets a warm engine of its own"
+            )
+        while len(self._zygotes) >= _MAX_ENGINES:
+            self._retire(next(iter(self._zygotes.values())))
         base = {k: v for k, v in env.items() if not k.startswith("PREFECT__")}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -227,7 +243,7 @@ class WarmEngine:
         finally:
             theirs.close()
         ours.setblocking(False)
-        zygote = self._zygote = _Zygote(proc, ours, _interpreter_env(env))
+        zygote = self._zygotes[key] = _Zygote(proc, ours, key)
         self._spawn(lambda: self._listen(zygote))
 
     # -- the engine's messages ------------------------------------------------------------------
@@ -281,10 +297,12 @@ class WarmEngine:
         for child in zygote.children.values():
             if child.returncode is None:
                 self._spawn(child.orphaned)
-        if zygote is self._zygote:
-            self._zygote = None
+        if self._zygotes.get(zygote.key) is zygote:
+            del self._zygotes[zygote.key]
             if ended and not zygote.failed:
-                self._say_once("died", "the warm engine ended; it is rebuilt for the next run", level="warning")
+                self._say_once(
+                    "died", "the warm engine ended; it is rebuilt for the next run", level="warning"
+                )
         if zygote in self._retired:
             self._retired.remove(zygote)
 
@@ -298,8 +316,8 @@ class WarmEngine:
 
     def _retire(self, zygote: _Zygote) -> None:
         """Fork no more from it; it exits once its children are reaped."""
-        if zygote is self._zygote:
-            self._zygote = None
+        if self._zygotes.get(zygote.key) is zygote:
+            del self._zygotes[zygote.key]
         if not zygote.dead and zygote not in self._retired:
             self._retired.append(zygote)
             self._notify(zygote, {"op": "retire"})
@@ -313,8 +331,8 @@ class WarmEngine:
 
     async def aclose(self) -> None:
         """Close the sockets: the engines exit; runs they forked live on under their supervisors."""
-        zygotes = [z for z in (self._zygote, *self._retired) if z is not None]
-        self._zygote, self._retired = None, []
+        zygotes = [*self._zygotes.values(), *self._retired]
+        self._zygotes, self._retired = {}, []
         for zygote in zygotes:
             zygote.sock.close()
             with anyio.move_on_after(5):

@@ -49,6 +49,7 @@ def main(argv):
         import prefect.engine  # noqa: F401 - what each run needs already imported
         import prefect.flow_engine  # noqa: F401
 
+        _preload()
         if threading.active_count() != 1:  # e.g. a sitecustomize that starts a thread
             raise RuntimeError(
                 f"{threading.active_count()} threads after importing prefect; forking needs one"
@@ -62,6 +63,32 @@ def main(argv):
     _send(sock, {"ready": True, "paths": paths, "version": prefect.__version__})
     run = _serve(sock)
     return 0 if run is None else _run_engine(*run)
+
+
+# What an engine imports after `prefect.engine` on its way to the flow's first line (measured
+# with -X importtime on 3.8.8: ~0.2 s): Prefect's pull steps and storage, and libraries. None
+# reads a setting's value at import. Imported here, they cost a run nothing and are shared.
+_PRELOAD = (
+    "prefect.deployments.steps",
+    "prefect.runner.storage",
+    "prefect._internal.infrastructure_exit_codes",
+    "prefect._internal.observers",
+    "pydantic.v1",
+    "anyio._core._sockets",
+    "anyio.streams.tls",
+    "encodings.idna",
+    "rich._emoji_codes",
+)
+
+
+def _preload():
+    import contextlib
+    import importlib
+
+    for name in _PRELOAD:
+        # another Prefect version may lack one: the run imports what it needs itself
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _send(sock, message):
