@@ -154,6 +154,7 @@ def agents(
     runs: int,
     out_dir: Path,
     *,
+    db: str,
     source: str | None,
     agent_env: list[str],
     timeout: float,
@@ -176,7 +177,7 @@ def agents(
             "FLOW_AGENT_DATA_DIR": str(home / f"data-{i}"),
         }
         cmd = [sys.executable, "-m", "agent", "start", "--pool", prep["pool"], "--name", f"bench-agent-{i}"]
-        with (out_dir / f"agents-{k}-{i}.log").open("wb") as out:
+        with (out_dir / f"{db}-agents-{k}-{i}.log").open("wb") as out:
             procs.append(
                 subprocess.Popen(
                     cmd, env=agent_env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -188,7 +189,7 @@ def agents(
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"an agent exited; see {out_dir}/agents-{k}-*.log")
+                raise RuntimeError(f"an agent exited; see {out_dir}/{db}-agents-{k}-*.log")
             flow_runs = read_runs(api, prep["deployment_id"])
             if sum(1 for r in flow_runs if settled(r)) >= runs:
                 drained_at = time.time()
@@ -237,6 +238,7 @@ def bench_database(db: str, args: argparse.Namespace, out_dir: Path) -> dict[str
                     k,
                     args.runs,
                     out_dir,
+                    db=db,
                     source=args.source,
                     agent_env=args.agent_env,
                     timeout=args.timeout,
