@@ -30,7 +30,7 @@ from datetime import UTC
 from typing import Any
 
 from agent.api import Deployment, FlowRun, PrefectClient, WorkPool
-from agent.api.errors import ApiError
+from agent.api.errors import ApiError, TransientError
 from agent.api.flows import read_flow
 from agent.backends.base import Job
 from agent.infra import resolve_job_configuration
@@ -136,14 +136,17 @@ class JobBuilder:
 
     async def learn(self, run: FlowRun) -> None:
         """What the labels need beyond the run: its flow's name and the server's version,
-        each read once. A failed read leaves the label out (as Prefect leaves out what it
-        lacks) and is tried again for the next run; it never fails the run."""
-        if self._server_version is None:
+        each read once. What cannot be read is left out (as Prefect leaves out what it lacks),
+        asked again for the next run after a transient failure, and never fails the run."""
+        if self._server_version is None:  # "" once the server said it will not tell
             try:
                 version = await self.api.request("GET", "/admin/version")
+            except TransientError:
+                version = None  # asked again for the next run
             except ApiError:
-                version = None
-            self._server_version = str(version) if isinstance(version, str) and version else None
+                version = ""  # not served here (a 404 or 403): never asked again
+            if version is not None:
+                self._server_version = version if isinstance(version, str) else ""
         if run.flow_id and run.flow_id not in self._flow_names:
             with contextlib.suppress(ApiError):
                 self._flow_names[run.flow_id] = (await read_flow(self.api, run.flow_id)).name

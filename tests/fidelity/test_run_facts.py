@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.prefect_api import PrefectAPI
+from support.proxy import FaultProxy
 
 from agent.api import PrefectClient
 from agent.infra import default_base_job_template
@@ -104,3 +105,23 @@ def test_agent_settings_reach_the_flow_and_the_run_carries_worker_labels(
     assert labels["prefect.worker.type"] == "process"
     assert labels["prefect.work-pool.name"] == pool and labels["prefect.work-pool.id"] == pool_id
     assert labels["prefect.worker.name"]
+
+
+async def test_a_server_without_admin_version_is_asked_once_and_the_label_left_out(
+    api: PrefectAPI, pool: str
+) -> None:
+    api.create_process_pool(pool)
+    deployment = api.command_deployment(pool, "true")
+    runs = [api.create_flow_run(deployment)["id"] for _ in range(2)]
+    with FaultProxy(api.api_url, fail_ratio=0, status=404) as proxy:
+        proxy.fail_route(r"/admin/version$")
+        async with PrefectClient(proxy.url) as client:
+            builder = _builder(client)
+            pool_model = await client.read_work_pool(pool)
+            for run_id in runs:
+                run = await client.read_flow_run(run_id)
+                job = await builder.build(run, pool_model, await client.read_deployment(deployment))
+                assert builder.context(run, pool_model, None).labels.get("prefect.io/version") is None
+                assert job.payload["env"]["PREFECT__FLOW_NAME"] == "flow-agent-tests"
+        assert proxy.by_route["GET /api/admin/version"] == 1
+        assert proxy.by_route["GET /api/flows/{id}"] == 1  # the flow's name: read once per flow
