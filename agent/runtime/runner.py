@@ -51,6 +51,7 @@ class _InFlight:
     handle: Handle | None = None
     kill_reason: KillReason | None = None
     adopted: bool = False
+    pool: WorkPool | None = None  # an adopted run's, to rebuild its job for hooks
     job: Job | None = None
     entrypoint: bool = False  # the deployment names the flow's code: its hooks can be loaded
     delivery: Delivery | None = None  # how the cancel intent fared, for backends that take one
@@ -236,7 +237,7 @@ class Runner:
         `pool`: take ownership on the server; `report_pid`: the launching agent died before
         it could say where the run is."""
         log = get_logger("agent.runtime.runner", flow_run_id=run.id, ship=True)
-        entry = _InFlight(run, backend, handle, adopted=True)
+        entry = _InFlight(run, backend, handle, adopted=True, pool=pool)
         entry.launched.set()
         log.info("watching a run launched before this agent started", infrastructure_pid=handle.pid)
         with self._tracking(entry, release):
@@ -299,8 +300,21 @@ class Runner:
 
     async def _run_hooks(self, entry: _InFlight, which: Which) -> None:
         """The flow's hooks in a child, where the flow's code can be loaded (hooks.py)."""
+        if entry.job is None and entry.adopted and entry.pool is not None:
+            await self._rebuild_job(entry)
         if entry.job is not None and entry.entrypoint and self._hooks.supports(entry.job):
             await self._hooks.run(which, entry.job)
+
+    async def _rebuild_job(self, entry: _InFlight) -> None:
+        """An adopted run's job (its env and interpreter), as the agent that launched it built it."""
+        try:
+            deployment = await self._deployments.get(entry.run.deployment_id)
+            entry.job = await self._jobs.build(entry.run, entry.pool, deployment)
+            entry.entrypoint = bool(deployment and deployment.entrypoint)
+        except (InfraError, ApiError, LookupError) as exc:
+            get_logger("agent.runtime.runner", flow_run_id=entry.run.id, ship=True).warning(
+                "cannot rebuild the run's job to run its flow's hooks", error=self._redact(str(exc))
+            )
 
     async def _crash(self, run_id: str, message: str, *, transition_id: str | None = None) -> SetStateStatus:
         # Without force the server refuses to overwrite a terminal state (ABORT), which is

@@ -125,3 +125,28 @@ def test_cancelled_flow_runs_its_cancellation_hooks_not_its_crash_hooks(
     requests = [log for log in api.read_logs(run_id) if log["message"].startswith("cancellation requested")]
     assert len(requests) == 1
     wait_for(lambda: process_gone(engine) and process_gone(leader), 30, message="the run's processes to end")
+
+
+def test_crash_hooks_run_for_a_run_adopted_after_its_agent_died(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path, marks: Path
+) -> None:
+    fast = {"FLOW_AGENT_RECONCILE_INTERVAL": "1", "FLOW_AGENT_HEARTBEAT_INTERVAL": "2"}
+    api.create_process_pool(pool)
+    run_id = api.create_flow_run(_deployment(api, pool, tmp_path, marks))["id"]
+    first = start_agent(pool, "--name", f"{pool}-a", env=fast)
+    engine = _started(marks)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    start_agent(pool, "--name", f"{pool}-b", env=fast)
+
+    def adopted() -> bool:
+        return api.read_flow_run(run_id)["labels"].get("prefect.worker.name") == f"{pool}-b"
+
+    wait_for(adopted, 60, message="the second agent to adopt the run")
+    os.kill(engine, signal.SIGKILL)
+
+    run = api.wait_for_state(run_id, "CRASHED", "COMPLETED", "FAILED", "CANCELLED")
+    assert state_type(run) == "CRASHED", state_message(run)
+    crashed = marks / "crashed"
+    wait_for(crashed.exists, 90, message="the on_crashed hook's mark")
+    assert crashed.read_text().split("|")[:2] == ["CRASHED", run_id]
