@@ -131,6 +131,8 @@ async def both_sides(
         flow = await client.read_flow(flow_id)
         prefect_payload = await finish(config, flow_run=flow_run, flow=flow, pool=pool, client=client)
     settings_env = get_current_settings().to_environment_variables(exclude_unset=True)
+    # the world's settings reach the Prefect side: the pass-through is really compared
+    assert settings_env.get("PREFECT_LOGGING_LEVEL") == "DEBUG", settings_env
     prefect_env = {k: v for k, v in settings_env.items() if k not in SETTINGS_ENV_SKIP}
     async with PrefectClient(world.url) as api:
         builder = JobBuilder(
