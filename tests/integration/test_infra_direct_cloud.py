@@ -213,3 +213,21 @@ async def test_detached_then_killed_from_another_session_removes_the_workload(di
         with anyio.fail_after(60):
             await other.kill(InfraId.parse(str(ident)), direct.variables)
     assert await direct.harness.leftovers(handle) == []
+
+
+async def test_cancelled_as_by_ctrl_c_the_workload_is_killed_and_cleaned_up(direct: Direct) -> None:
+    found: list[str] = []
+    async with direct.session() as session, anyio.create_task_group() as group:
+        launched = anyio.Event()
+
+        async def go() -> None:
+            request = direct.request("sleep", "600")
+            await session.run(
+                direct.target, request, output=print, on_launched=lambda i: (found.append(i), launched.set())
+            )
+
+        group.start_soon(go)
+        with anyio.fail_after(60):
+            await launched.wait()
+        group.cancel_scope.cancel()  # what the CLI does on SIGINT
+    assert await direct.harness.leftovers(Handle(direct.kind, InfraId.parse(found[0]).pid)) == []
