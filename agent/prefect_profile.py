@@ -53,9 +53,15 @@ def is_secret_setting(name: str) -> bool:
 
 def profiles_path(environ: Mapping[str, str]) -> Path:
     if environ.get("PREFECT_PROFILES_PATH"):
-        return Path(environ["PREFECT_PROFILES_PATH"]).expanduser()
-    home = environ.get("PREFECT_HOME") or str(Path("~") / ".prefect")
-    return Path(home).expanduser() / "profiles.toml"
+        return _expand(environ["PREFECT_PROFILES_PATH"], environ)
+    return _expand(environ.get("PREFECT_HOME") or "~/.prefect", environ) / "profiles.toml"
+
+
+def _expand(path: str, environ: Mapping[str, str]) -> Path:
+    # "~" is the HOME of the environment given, not of whoever calls
+    if path == "~" or path.startswith("~/"):
+        return Path(environ.get("HOME") or Path.home()) / path[2:]
+    return Path(path)
 
 
 def _passes(name: str) -> bool:

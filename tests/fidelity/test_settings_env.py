@@ -123,3 +123,9 @@ def test_the_capture_matches_prefects_own_settings_env(tmp_path: Path) -> None:
     ours = prefect_settings_env(environ)
     assert ours.pop("PREFECT_SOME_UNKNOWN") == "1" and "PREFECT_SOME_UNKNOWN" not in prefects
     assert ours == prefects
+
+
+def test_the_default_home_is_the_given_environments(tmp_path: Path) -> None:
+    (tmp_path / ".prefect").mkdir()
+    (tmp_path / ".prefect" / "profiles.toml").write_text(PROFILES)
+    assert prefect_settings_env({"HOME": str(tmp_path)})["PREFECT_API_URL"] == "http://profile:4200/api"
