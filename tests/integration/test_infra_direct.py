@@ -110,7 +110,7 @@ def test_sigint_to_the_cli_kills_the_workload_and_leaves_no_process(env: dict[st
         cli.kill()
 
 
-def test_unknown_block_and_bad_input_are_one_line(env: dict[str, str]) -> None:
+def test_unknown_block_and_bad_input_are_one_line(env: dict[str, str], block: str) -> None:
     missing = infra(env, "run", "process/no-such-block", "--", "true")
     assert missing.returncode == 125
     assert missing.stderr.count("\n") == 1 and "no process block named 'no-such-block'" in missing.stderr
@@ -118,6 +118,10 @@ def test_unknown_block_and_bad_input_are_one_line(env: dict[str, str]) -> None:
     assert wrong.returncode == 2 and "block type 'nope'" in wrong.stderr and "Traceback" not in wrong.stderr
     image = infra(env, "run", "--pool", "x", "--image", "busybox", "--", "true")
     assert image.returncode == 125 and "Traceback" not in image.stderr
+    # a workload that cannot be provisioned: one line, before anything runs
+    nowhere = infra(env, "run", block, "--job-var", "working_dir=/no/such/dir", "--", "true")
+    assert nowhere.returncode == 125 and nowhere.stderr.count("\n") == 1, nowhere.stderr
+    assert "/no/such/dir" in nowhere.stderr
 
 
 def test_detach_prints_an_id_that_logs_wait_and_kill_work_on(env: dict[str, str], block: str) -> None:
