@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from support.agent_proc import AgentProcess
 from support.prefect_api import (
@@ -229,3 +230,62 @@ def test_a_failed_warm_engine_starts_runs_cold_and_says_so_once(
     said = [line for line in agent.log_path.read_text().splitlines() if "the warm engine failed" in line]
     assert len(said) == 1, said
     assert "threads after importing prefect" in said[0]
+
+
+# A flow whose module takes its time to import (until `release` exists), then dies of SIGKILL.
+SLOW_IMPORT_FLOW = """\
+import os, signal, time
+from pathlib import Path
+
+from prefect import flow
+
+RELEASE = Path(__file__).with_name("release")
+while not RELEASE.exists():
+    time.sleep(0.05)
+
+
+@flow
+def slow(out: str) -> None:
+    Path(out).write_text("{}")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_slow_import_holds_up_no_other_run_and_a_dead_warm_engine_loses_no_exit_status(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+) -> None:
+    deployment = parity_deployment(api, pool, tmp_path / "flow")
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "slow.py").write_text(SLOW_IMPORT_FLOW)
+    slow_deployment = api.create_deployment(
+        api.create_flow("slow"),
+        f"{pool}-slow",
+        pool,
+        entrypoint="slow.py:slow",
+        path=str(tmp_path / "slow"),
+        pull_steps=[
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path / "slow")}}
+        ],
+    )
+    agent = start_agent(pool)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    slow = api.create_flow_run(slow_deployment, parameters={"out": str(out / "slow.json")})["id"]
+    api.wait_for_pid(slow)
+    quick = api.create_flow_run(deployment, parameters={"mode": "ok", "out": str(out / "quick.json")})["id"]
+    assert state_type(api.wait_for_state(quick, *TERMINAL, timeout=120)) == "COMPLETED"
+    assert state_type(api.read_flow_run(slow)) == "PENDING", "still importing its flow"
+
+    engine = json.loads((out / "quick.json").read_text())["supervisor_parent"]
+    assert agent.process is not None and engine != agent.process.pid, "the quick run started warm"
+    psutil.Process(engine).kill()  # the warm engine dies while the slow run is in flight
+    (tmp_path / "slow" / "release").touch()
+
+    crashed = api.wait_for_state(slow, *TERMINAL, timeout=120)  # its supervisor recorded -9
+    assert state_type(crashed) == "CRASHED" and "exit code -9" in state_message(crashed)
+    assert "OOM" in state_message(crashed)
+    again = api.create_flow_run(deployment, parameters={"mode": "ok", "out": str(out / "again.json")})["id"]
+    assert state_type(api.wait_for_state(again, *TERMINAL, timeout=120)) == "COMPLETED"
+    rebuilt = json.loads((out / "again.json").read_text())["supervisor_parent"]
+    assert rebuilt not in (engine, agent.process.pid), "started warm by a new engine"
