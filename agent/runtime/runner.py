@@ -259,20 +259,7 @@ class Runner:
     async def _report(self, entry: _InFlight, outcome: Outcome, log: Any) -> None:
         run_id, pid = entry.run.id, entry.handle.pid if entry.handle else "?"
         if entry.kill_reason is KillReason.CANCEL:
-            log.info("flow run cancelled; its infrastructure was killed", infrastructure_pid=pid)
-            # Unless the engine may have taken the kill for a crash (and run on_crashed),
-            # the cancellation hooks are ours to run, before CANCELLED, as Prefect does.
-            if entry.delivery is not Delivery.NO_ACK:
-                await self._run_hooks(entry, "cancellation")
-            await self._api.set_state(
-                run_id,
-                StateType.CANCELLED,
-                message=f"Flow run was cancelled; flow-agent killed its infrastructure ({pid}).",
-                # an engine that acknowledged leaves CANCELLED to us, and a run that ended
-                # on its own just before keeps its end; without an ack, the engine may
-                # have forced CRASHED over CANCELLING, which the cancel overrides
-                force=entry.delivery is not Delivery.ACKED,
-            )
+            await self._report_cancelled(entry, log)
             return
         if entry.kill_reason is KillReason.SHUTDOWN:
             message = (
@@ -297,6 +284,27 @@ class Runner:
             return
         # ACCEPT: the engine did not see the end coming (SIGKILL, OOM), so it ran no hooks
         await self._run_hooks(entry, "crashed")
+
+    async def _report_cancelled(self, entry: _InFlight, log: Any) -> None:
+        pid = entry.handle.pid if entry.handle else "?"
+        log.info("flow run cancelled; its infrastructure was killed", infrastructure_pid=pid)
+        # The cancellation hooks are ours to run, before CANCELLED as Prefect does, when the
+        # engine ran none: it acknowledged (it leaves them to us), or it never listened
+        # (still starting, a custom command). An engine that listened without an ack, or an
+        # adopted run's (it listened to its dead agent), took the kill for a crash.
+        if entry.delivery is Delivery.ACKED or (
+            entry.delivery is Delivery.NOT_CONNECTED and not entry.adopted
+        ):
+            await self._run_hooks(entry, "cancellation")
+        await self._api.set_state(
+            entry.run.id,
+            StateType.CANCELLED,
+            message=f"Flow run was cancelled; flow-agent killed its infrastructure ({pid}).",
+            # an engine that acknowledged leaves CANCELLED to us, and a run that ended on its
+            # own just before keeps its end; without an ack, the engine may have forced
+            # CRASHED over CANCELLING, which the cancel overrides
+            force=entry.delivery is not Delivery.ACKED,
+        )
 
     async def _run_hooks(self, entry: _InFlight, which: Which) -> None:
         """The flow's hooks in a child, where the flow's code can be loaded (hooks.py)."""
