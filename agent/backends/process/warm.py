@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -167,6 +168,9 @@ class WarmEngine:
             await _send(zygote.sock, message, fds)
             with anyio.fail_after(_ANSWER_TIMEOUT):
                 reply = await answer
+        except _TooBig:  # this run's env alone: the engine is fine
+            self._say_once("big", "a run whose command line and environment are too large starts cold")
+            return None
         except (OSError, TimeoutError, ConnectionError) as exc:
             self._lost(zygote, f"it did not take a run ({type(exc).__name__}: {exc})")
             return None
@@ -343,16 +347,24 @@ class WarmEngine:
                 await zygote.proc.wait()
 
 
+class _TooBig(Exception):
+    """A request larger than one message may be (the socket's buffer, or zygote.py's limit)."""
+
+
 async def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int]) -> None:
     data = json.dumps(message).encode()
     if len(data) > _MESSAGE_LIMIT:
-        raise OSError(f"the run's request is {len(data)} bytes, more than the warm engine takes")
+        raise _TooBig
     while True:
         try:
             socket.send_fds(sock, [data], list(fds))
             return
         except BlockingIOError:
             await anyio.wait_socket_writable(sock)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise _TooBig from None
+            raise
 
 
 def _mtime(path: str) -> float:
