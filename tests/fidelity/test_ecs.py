@@ -40,7 +40,14 @@ async def _finish(config: Any, *, flow_run: Any, pool: Any, **_: Any) -> dict[st
         region = config.aws_credentials.region_name or REGION
         task_definition = worker._prepare_task_definition(config, region=region, flow_run=flow_run)
         arn = task_definition["family"]  # flow-agent names the family; the ARN comes at registration
-    request = worker._prepare_task_run_request(config, task_definition or DESCRIBED, arn, False)
+    # as for a definition it has just registered (the first run of a deployment)
+    registered = task_definition is not None
+    request = worker._prepare_task_run_request(config, task_definition or DESCRIBED, arn, registered)
+    # the one listed difference in the tags (README): Prefect's observer deregisters a definition
+    # whose task carries this tag; flow-agent retires superseded revisions itself instead
+    deregister = {"key": "prefect.io/degregister-task-definition", "value": "true"}
+    if config.auto_deregister_task_definition and registered:
+        request["tags"].remove(deregister)
     return {"task_definition": task_definition, "run_task": request}
 
 
