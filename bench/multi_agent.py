@@ -131,20 +131,27 @@ def ceiling(api: Api, api_url: str, runs: int, concurrency: int) -> dict[str, An
 # -- k agents ---------------------------------------------------------------------------------------
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(port: int) -> dict[str, float | None]:
+    """The agent's counters; None for one it does not have (an older agent)."""
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for name in (
         "flow_agent_runs_claimed_total",
         "flow_agent_claims_lost_total",
         "flow_agent_api_errors_total",
     ):
         values = re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)
-        out[name] = sum(float(v) for v in values)
+        known = f"# HELP {name.removesuffix('_total')} " in text
+        out[name] = sum(float(v) for v in values) if known else None
     return out
+
+
+def lost_in_logs(logs: list[Path]) -> int:
+    """Lost claims as an agent logs them at DEBUG (for agents without the counter)."""
+    return sum(path.read_text(errors="replace").count("run taken by someone else") for path in logs)
 
 
 def agents(
@@ -202,8 +209,14 @@ def agents(
             kill_group(proc, 30)
         shutil.rmtree(home, ignore_errors=True)
     times = claim_times(api, prep["run_ids"])
-    claimed = [int(m.get("flow_agent_runs_claimed_total", 0)) for m in metrics]
-    lost = int(sum(m.get("flow_agent_claims_lost_total", 0) for m in metrics))
+    claimed = [int(m.get("flow_agent_runs_claimed_total") or 0) for m in metrics]
+    counted = [m.get("flow_agent_claims_lost_total") for m in metrics]
+    if all(c is not None for c in counted):
+        lost, lost_from = int(sum(c or 0 for c in counted)), "metric"
+    else:  # an older agent: its DEBUG log (FLOW_AGENT_LOG_LEVEL=DEBUG), else unknown
+        logs = [out_dir / f"{db}-agents-{k}-{i}.log" for i in range(k)]
+        debug = any(item == "FLOW_AGENT_LOG_LEVEL=DEBUG" for item in agent_env)
+        lost, lost_from = (lost_in_logs(logs), "debug log") if debug else (None, "unknown")
     return {
         "agents": k,
         "claims_per_s": rate(times),
@@ -211,8 +224,9 @@ def agents(
         "claimed": len(times),
         "claimed_per_agent": claimed,
         "lost_races": lost,
-        "lost_share": round(lost / max(1, sum(claimed) + lost), 3),
-        "api_errors": int(sum(m.get("flow_agent_api_errors_total", 0) for m in metrics)),
+        "lost_races_from": lost_from,
+        "lost_share": None if lost is None else round(lost / max(1, sum(claimed) + lost), 3),
+        "api_errors": int(sum(m.get("flow_agent_api_errors_total") or 0 for m in metrics)),
     }
 
 
@@ -256,6 +270,12 @@ def bench_database(db: str, args: argparse.Namespace, out_dir: Path) -> dict[str
         shutil.rmtree(home, ignore_errors=True)
 
 
+def lost(run: dict[str, Any]) -> str:
+    if run["lost_races"] is None:
+        return "n/a"
+    return f"{run['lost_races']} ({run['lost_share']:.1%})"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| database | agents | claims/s | server ceiling (raw, same concurrency) | share of ceiling "
@@ -273,7 +293,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {res['database']} | {run['agents']} | {run['claims_per_s']} "
                 f"| {top['claims_per_s']} (C={top['concurrency']}) | {share} | {run['drain_s']} "
                 f"| {' / '.join(map(str, run['claimed_per_agent']))} "
-                f"| {run['lost_races']} ({run['lost_share']:.1%}) |"
+                f"| {lost(run)} |"
             )
     return "\n".join(lines)
 
