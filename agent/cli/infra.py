@@ -102,6 +102,14 @@ def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
     return found
 
 
+def _session(settings: Settings) -> Any:
+    """A direct-run session whose server calls retry for a short while, and say so."""
+    from agent.cli.common import retrying_visibly
+    from agent.direct import DirectSession
+
+    return DirectSession(settings, environ=dict(os.environ), server_calls=lambda: retrying_visibly(settings))
+
+
 def _print_line(line: str) -> None:
     from agent.observe.logging import REDACTOR
 
@@ -180,10 +188,9 @@ def run(
         raise _fail(str(exc), 2) from None
     if detach:
         raise typer.Exit(_detach(settings, where, request))
-    from agent.direct import DirectSession
 
     async def work() -> Any:
-        async with DirectSession(settings, environ=dict(os.environ)) as session:
+        async with _session(settings) as session:
             return await session.run(where, request, output=_print_line)
 
     result, caught = _run(settings, work)
@@ -214,7 +221,7 @@ def _detach(settings: Settings, where: Any, request: Any) -> int:
 @infra_app.command("follow", hidden=True)
 def follow() -> None:
     """The follower of a detached run (started by `infra run --detach`; request on stdin)."""
-    from agent.direct import DirectSession, Result
+    from agent.direct import Result
     from agent.direct.detach import Records, answer, decode_request
     from agent.direct.run import interrupted_result
     from agent.observe.logging import REDACTOR
@@ -230,7 +237,7 @@ def follow() -> None:
         answer(f"id {ident}")
 
     async def work() -> Any:
-        async with DirectSession(settings, environ=dict(os.environ)) as session:
+        async with _session(settings) as session:
             return await session.run(
                 where,
                 request,
@@ -300,7 +307,6 @@ def logs(
 def wait(ident: IdArg, job_var: JobVarOpt = None) -> None:
     """Wait for a detached run's end; exit with its exit code."""
     from agent.cli import parse_job_vars
-    from agent.direct import DirectSession
     from agent.direct.detach import Records
 
     settings = _settings()
@@ -312,7 +318,7 @@ def wait(ident: IdArg, job_var: JobVarOpt = None) -> None:
     if result is None:  # started elsewhere, or its follower died: ask the platform
 
         async def work() -> Any:
-            async with DirectSession(settings, environ=dict(os.environ)) as session:
+            async with _session(settings) as session:
                 return await session.wait(parsed, parse_job_vars(job_var or []))
 
         result, caught = _run(settings, work)
@@ -325,7 +331,6 @@ def wait(ident: IdArg, job_var: JobVarOpt = None) -> None:
 def kill(ident: IdArg, job_var: JobVarOpt = None) -> None:
     """Kill a detached run's workload and clean up what it made."""
     from agent.cli import parse_job_vars
-    from agent.direct import DirectSession
     from agent.direct.detach import Records
 
     settings = _settings()
@@ -341,7 +346,7 @@ def kill(ident: IdArg, job_var: JobVarOpt = None) -> None:
         return
 
     async def work() -> Any:
-        async with DirectSession(settings, environ=dict(os.environ)) as session:
+        async with _session(settings) as session:
             return await session.kill(parsed, parse_job_vars(job_var or []))
 
     _outcome, caught = _run(settings, work)
@@ -364,7 +369,6 @@ def render(
 ) -> None:
     """Print the exact payload `infra run` would launch (secrets masked), launching nothing."""
     from agent.cli.infra_render import render_document, summary
-    from agent.direct import DirectSession
 
     settings = _settings()
     try:
@@ -373,7 +377,7 @@ def render(
         raise _fail(str(exc), 2) from None
 
     async def work() -> Any:
-        async with DirectSession(settings, environ=dict(os.environ)) as session:
+        async with _session(settings) as session:
             return await render_document(session, where, request, environ=os.environ)
 
     document, caught = _run(settings, work)

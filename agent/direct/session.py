@@ -13,6 +13,7 @@ for a pool whose variables chose credentials or a region) and the handle from PI
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -64,10 +65,14 @@ class DirectSession:
         environ: Mapping[str, str],
         backends: Mapping[str, Backend] | None = None,
         api: PrefectClient | None = None,
+        server_calls: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
+        """`server_calls` scopes the calls to the server (reading the block or pool): the
+        CLI retries them for a short while, visibly; the workload's own watch is not in it."""
         self.settings = settings
         self.api = api or client_from_settings(settings)
         self._own_api = api is None
+        self._server_calls = server_calls
         self._own_backends = backends is None
         self.backends: Mapping[str, Backend] = (
             backends if backends is not None else Backends(backend_options(settings))
@@ -107,7 +112,8 @@ class DirectSession:
     async def job(
         self, target: Target, request: Request, *, run_id: str | None = None, output: OutputSink | None = None
     ) -> Job:
-        return await self.builder.build(target, request, run_id=run_id, output=output)
+        with self._server_calls():
+            return await self.builder.build(target, request, run_id=run_id, output=output)
 
     async def run(
         self,
