@@ -139,3 +139,36 @@ def test_unregistered_runs_are_not_connected() -> None:
             return await channel.deliver("unknown", "cancel")
 
     assert anyio.run(scenario) is Delivery.NOT_CONNECTED
+
+
+def _env_seen(env: dict[str, str]) -> dict[str, str]:
+    """The variables a process run's command sees, launched by the process backend."""
+    from agent.backends.base import BackendOptions, Job
+    from agent.backends.process.backend import ProcessBackend
+    from agent.infra.process import ProcessRuntime
+
+    lines: list[str] = []
+    payload = {"command": ["sh", "-c", "env"], "env": {"PATH": "/usr/bin:/bin", **env}, "cwd": None}
+    job = Job("run-1", "run", "process", payload, ProcessRuntime(), output=lines.append)
+
+    async def scenario() -> None:
+        backend = ProcessBackend(BackendOptions(), hostname="here")
+        try:
+            await backend.wait(await backend.launch(job))
+        finally:
+            await backend.aclose()
+
+    anyio.run(scenario)
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def test_a_flow_runs_process_gets_the_channel_after_its_env() -> None:
+    seen = _env_seen({"PREFECT__FLOW_RUN_ID": "run-1", HOOKS_VARIABLE: "true"})
+    assert seen["PREFECT__CONTROL_PORT"].isdigit()
+    assert seen["PREFECT__CONTROL_TOKEN"].startswith("********.")  # masked: its secret part
+    assert seen[HOOKS_VARIABLE] == "false"  # the agent's, over the job's, as Prefect's worker does
+
+
+def test_a_process_that_is_no_flow_run_gets_no_channel() -> None:
+    seen = _env_seen({})  # a direct run (flow-agent infra run): no flow run, no engine
+    assert not {"PREFECT__CONTROL_PORT", "PREFECT__CONTROL_TOKEN", HOOKS_VARIABLE} & set(seen)

@@ -42,6 +42,7 @@ from agent.backends.engine import Watched, WatchEngine
 from agent.backends.process import workspace
 from agent.backends.process.control import ControlChannel
 from agent.backends.process.records import (
+    RUN_ID_VARIABLE,
     Record,
     RecordStore,
     alive,
@@ -139,8 +140,10 @@ class ProcessBackend:
             temp_dir = cwd = tempfile.mkdtemp(prefix="flow-agent-")
         records: list[Record] = []
         path = self._records.path(job.flow_run_id)
-        # after the job's env, as Prefect's worker sets them: the engine's control channel
-        env = {**(payload.get("env") or {}), **await self._control.register(job.flow_run_id)}
+        env = dict(payload.get("env") or {})
+        if env.get(RUN_ID_VARIABLE) == job.flow_run_id:  # a flow run's engine (not a direct run)
+            # after the job's env, as Prefect's worker sets them: the engine's control channel
+            env.update(await self._control.register(job.flow_run_id))
         command, attempt = await workspace.prepare(
             command, flow_run_id=job.flow_run_id, cwd=str(cwd), env=env
         )
