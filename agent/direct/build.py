@@ -19,10 +19,12 @@ from typing import Any, Final
 from agent.api import FlowRun, PrefectClient, WorkPool
 from agent.api.blocks import read_block_document_by_name
 from agent.backends.base import Job, OutputSink
+from agent.blocks import get_block_spec
+from agent.blocks.secrets import secret_parts
 from agent.infra.kinds import Kinds
 from agent.infra.legacy import apply_overrides
 from agent.infra.patch import apply_customizations
-from agent.infra.references import resolve_references
+from agent.infra.references import resolve_references, secret_values
 from agent.infra.spec import InfraKind, RunContext
 from agent.registry import REGISTRY
 from agent.runtime.jobs import JobBuilder
@@ -171,6 +173,8 @@ class DirectBuilder:
         assert target.slug is not None
         source = f"block {target.ref} (given in code)"
         kind = self._kinds.for_block_slug(target.slug, source=source)
+        for secret in inline_secrets(target.slug, target.data):
+            self._on_secret(secret)
         data = apply_overrides(target.data, None, run.job_variables, source=source)
         data = await resolve_references(data, self.api, on_secret=self._on_secret, source=source)
         return kind, kind.config_from_block(data, source=source), source
@@ -200,3 +204,22 @@ class DirectBuilder:
             env={},
             labels=labels,
         )
+
+
+def inline_secrets(slug: str, data: Mapping[str, Any]) -> list[str]:
+    """The secrets of a block given in code, as the server would know them once saved: its
+    type's secret fields, and its credentials (all but their identifiers: project, region)."""
+    spec = get_block_spec(slug)
+    if spec is None:
+        return []
+    found = secret_values({"data": data, "block_schema": {"fields": spec.fields}})
+    for name in spec.references:
+        found += _credential_secrets(data.get(name))
+    return found
+
+
+def _credential_secrets(value: Any) -> list[str]:
+    """Every secret leaf of a credentials mapping, nested ones included; identifiers stay."""
+    if not isinstance(value, Mapping):
+        return secret_values({"block_type": {"slug": "secret"}, "data": {"value": value}})
+    return [leaf for part in secret_parts(value) for leaf in _credential_secrets(part)]

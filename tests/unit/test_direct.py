@@ -72,3 +72,17 @@ def test_the_explanation_is_one_masked_line_and_empty_on_success() -> None:
     assert "hunter2" not in result.explanation and result.explanation.startswith("exit code 1:")
     assert result_of(Outcome(Reason.EXITED, 0), "id").explanation == ""
     assert direct_name("0b5c5e9e-5b0e-4a43") == "direct-0b5c5e9e"
+
+
+def test_a_block_given_in_code_hands_its_secrets_to_the_redactor_and_keeps_identifiers() -> None:
+    from agent.direct.build import inline_secrets
+
+    aws = {
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "wJalr/EXAMPLEKEY",
+        "region_name": "us-east-1",
+    }
+    assert inline_secrets("ecs-task", {"aws_credentials": aws}) == ["AKIAEXAMPLE", "wJalr/EXAMPLEKEY"]
+    gcp = {"project": "acme", "service_account_info": {"project_id": "acme", "private_key": "KEYDATA-123"}}
+    assert inline_secrets("cloud-run-job", {"credentials": gcp}) == ["KEYDATA-123"]
+    assert inline_secrets("process", {"env": {"A": "1"}}) == []
