@@ -151,14 +151,26 @@ class _Runnable:
         request = Request(list(command or ()), dict(env or {}), image)
         log = get_logger("agent.infra_blocks", block=target.ref)
         sink = output or (lambda line: log.info(line, stream="output"))
-        async with DirectSession(Settings(), environ=dict(os.environ)) as session:
+        async with DirectSession(_settings(), environ=dict(os.environ)) as session:
             return await session.run(target, request, output=sink)
+
+
+def _settings() -> Settings:
+    """The agent's settings from FLOW_AGENT_* / PREFECT_* (a library entry point, like
+    `run_deployment`); a bad value is one line naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = ".".join(str(p) for p in error["loc"]) or "settings"
+        variable = "PREFECT_API_URL" if name == "api_url" else f"FLOW_AGENT_{name.upper()}"
+        raise BlockError(f"invalid setting {name!r} ({variable}): {error['msg']}") from None
 
 
 def _client(client: PrefectClient | None) -> Any:
     if client is not None:
         return _Borrowed(client)
-    return client_from_settings(Settings())
+    return client_from_settings(_settings())
 
 
 class _Borrowed:

@@ -97,7 +97,8 @@ def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{flag} {key or pair[:20]!r}... must look like NAME=value")
+            # the value is never echoed: it may be a secret typed without its name
+            raise ValueError(f"{flag} takes NAME=value; one of them has no name or no '='")
         found[key] = value
     return found
 
