@@ -166,14 +166,21 @@ class Spread:
         view.peers, view.read_at, view.stale = peers, self._clock(), False
         view.young = self.me not in peers
 
+    def no_workers(self, pool: str) -> None:
+        """The rows could not be read: claim as if alone until the next try."""
+        view = self._view(pool)
+        view.read_at, view.stale, view.young = self._clock(), False, False
+
     # -- a batch ------------------------------------------------------------------------------
 
     def page_limit(self, pool: str, free: int | None) -> int | None:
         """How many runs to ask for: enough that our share of the page fills our free slots."""
         if free is None:
             return None
+        shares = len(self.agents(pool))
+        # twice our expected share: a small --limit still finds runs of its own on the page;
         # the server answers 422 to a limit above its page size
-        return min(free * len(self.agents(pool)), SERVER_PAGE)
+        return min(free if shares == 1 else 2 * free * shares, SERVER_PAGE)
 
     def plan(self, pool: str, page: list[ScheduledRun]) -> list[Claim]:
         """What to claim of `page`, in order: our own share, then the takeovers that are due."""

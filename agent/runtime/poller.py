@@ -144,6 +144,7 @@ class Poller:
                 workers = await self._api.read_workers(name)
         except (ApiError, Interrupted) as exc:
             log.debug("could not read the pool's workers", pool=name, error=str(exc))
+            self.spread.no_workers(name)
             return
         self.spread.saw_workers(name, workers)
 

@@ -117,6 +117,15 @@ def test_before_it_sees_its_own_row_an_agent_claims_one_batch_of_its_likeliest_r
     assert [c.run_id for c in plan] == ids and not young.capped("p")
 
 
+def test_when_the_rows_cannot_be_read_an_agent_claims_with_the_view_it_has() -> None:
+    ids = seeded_ids(40)
+    s = spread("a", {"b"})  # young: our own row not seen yet
+    s.no_workers("p")
+    plan = s.plan("p", page(ids))
+    assert [c.run_id for c in plan] == [i for i in ids if owner(i, {"a", "b"}) == "a"]
+    assert not s.capped("p") and not s.wants_workers("p")
+
+
 def test_agents_blind_to_each_other_mostly_pick_different_runs() -> None:
     ids = seeded_ids(100)
     batches = [
@@ -296,7 +305,8 @@ def test_losing_a_takeover_gives_the_owner_another_grace() -> None:
 def test_the_page_is_wide_enough_for_our_share_and_never_above_the_servers_limit() -> None:
     assert spread("a", {"a"}).page_limit("p", None) is None
     assert spread("a", {"a"}).page_limit("p", 5) == 5
-    assert spread("a", {"a", "b", "c", "d"}).page_limit("p", 8) == 32
+    assert spread("a", {"a", "b", "c", "d"}).page_limit("p", 8) == 64
+    assert spread("a", {"a", "b", "c", "d"}).page_limit("p", 1) == 8
     assert spread("a", {"a", "b", "c", "d"}).page_limit("p", 100) == SERVER_PAGE
     assert spread("a", {"a"}).page_limit("p", 500) == SERVER_PAGE
 
