@@ -231,3 +231,24 @@ async def test_cancelled_as_by_ctrl_c_the_workload_is_killed_and_cleaned_up(dire
             await launched.wait()
         group.cancel_scope.cancel()  # what the CLI does on SIGINT
     assert await direct.harness.leftovers(Handle(direct.kind, InfraId.parse(found[0]).pid)) == []
+
+
+async def test_a_detached_run_waited_for_from_another_session_ends_with_its_code(direct: Direct) -> None:
+    async with direct.session() as session:
+        _job, handle, ident = await session.launch(
+            direct.target, direct.request("sleep", "600"), output=print
+        )
+    results: list[Result] = []
+    async with direct.session(direct.fresh_backend()) as other, anyio.create_task_group() as group:
+
+        async def wait() -> None:
+            results.append(await other.wait(InfraId.parse(str(ident)), direct.variables))
+
+        group.start_soon(wait)
+        await anyio.sleep(0.3)  # the waiter watches; then the workload ends by itself
+        await direct.harness.finish(handle, exit_code=7)
+        with anyio.fail_after(60):
+            while not results:
+                await anyio.sleep(0.05)
+    assert results[0].exit_code == 7 and results[0].infrastructure_id == str(ident)
+    assert await direct.harness.leftovers(handle) == []
