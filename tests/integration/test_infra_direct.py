@@ -188,6 +188,8 @@ def test_render_shows_the_payload_masked_and_launches_nothing(env: dict[str, str
         "--json",
         "--env",
         f"K={secret}",
+        "--job-var",
+        'customizations=[{"op": "add", "path": "/env/PATCHED", "value": "yes"}]',
         "--",
         "echo",
         "hi",
@@ -201,6 +203,7 @@ def test_render_shows_the_payload_masked_and_launches_nothing(env: dict[str, str
     assert document["payload"]["command"] == ["echo", "hi"]
     assert document["payload"]["env"]["FROM_BLOCK"] == "yes" and document["payload"]["env"]["K"] == "********"
     assert "PREFECT_API_URL" not in document["payload"]["env"]
+    assert document["payload"]["env"]["PATCHED"] == "yes"  # the JSON Patch customizations apply
 
 
 def test_save_then_load_round_trips_and_reads_as_the_registered_type(
