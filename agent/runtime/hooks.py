@@ -49,6 +49,7 @@ _ENGINE_MODULES: Final = frozenset(
 )
 _NOT_PASSED: Final = ("PREFECT__CONTROL_PORT", "PREFECT__CONTROL_TOKEN")
 _LINE_LIMIT: Final = 1 << 20
+_DRAIN: Final = 2.0  # seconds of output still read after the child exited
 
 
 class FlowHooks:
@@ -93,32 +94,65 @@ class FlowHooks:
 
     async def _child(self, argv: list[str], cwd: str, env: dict[str, str], emit: Any) -> bool:
         """Run the child to its end or the timeout (then kill its group); True if it ended."""
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its group is killed whole on timeout
-            limit=_LINE_LIMIT,
-        )
+        # Its output on a pipe of our own, not asyncio's: asyncio's `wait()` would also wait
+        # for the pipe to close, which a hook's background process can hold open for long.
+        out_r, out_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                start_new_session=True,  # its group is killed whole on timeout
+            )
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
+        reader, transport = await _reader(out_r)
         try:
             with anyio.move_on_after(self._timeout):
-                assert proc.stdout is not None
-                while raw := await _readline(proc.stdout):
-                    line = REDACTOR.mask_text(raw.decode(errors="replace")).rstrip()
-                    if line:
-                        emit(line)
-                await proc.wait()
+                await _follow(proc, reader, emit)
                 return True
             return False
         finally:
+            transport.close()
             if proc.returncode is None:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 with anyio.CancelScope(shield=True):
                     await proc.wait()
+
+
+async def _reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+    pipe = os.fdopen(fd, "rb", 0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    return reader, transport
+
+
+async def _follow(proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, emit: Any) -> None:
+    """Emit the child's output until it exits, and what is left of it for a moment after:
+    something a hook started in the background may keep the pipe open."""
+    drained = anyio.Event()
+
+    async def pump() -> None:
+        while raw := await _readline(reader):
+            line = REDACTOR.mask_text(raw.decode(errors="replace")).rstrip()
+            if line:
+                emit(line)
+        drained.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        await proc.wait()
+        with anyio.move_on_after(_DRAIN):
+            await drained.wait()
+        tg.cancel_scope.cancel()
 
 
 async def _readline(stream: asyncio.StreamReader) -> bytes:

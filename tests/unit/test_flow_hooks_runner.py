@@ -4,6 +4,7 @@ answers as hooks_child.py would; the real child runs in tests/integration/test_f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -86,3 +87,16 @@ def test_an_interpreter_that_cannot_start_is_said(tmp_path: Path) -> None:
     assert [log["event"] for log in logs if log["log_level"] == "error"] == [
         "could not start the flow's on_crashed hooks"
     ]
+
+
+def test_a_hook_that_leaves_something_running_in_the_background_still_finishes(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    result = '{"loaded": true, "hooks": [{"hook": "notify", "ok": true}]}'
+    python = _python(tmp_path, f"sleep 30 &\necho $! > {pids}\necho '{result}' > \"$6\"\n")
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        anyio.run(FlowHooks(python, timeout=60).run, "crashed", _job(["x"], []))
+    took = time.monotonic() - started
+    psutil.Process(int(pids.read_text())).kill()
+    assert "on_crashed hook 'notify' ran" in [log["event"] for log in logs]
+    assert took < 10  # not the 60 s bound: the child's exit is the end
