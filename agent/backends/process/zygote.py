@@ -43,6 +43,7 @@ def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
     del sys.path[0]  # this file's directory: never a place to import from
     try:
+        os.close(os.pidfd_open(os.getpid()))  # Linux >= 5.3: how we learn of each exit
         import threading
 
         import prefect
