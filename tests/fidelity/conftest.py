@@ -11,15 +11,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from prefect.blocks.system import Secret
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_LEVEL, temporary_settings
+from prefect.variables import Variable
 from prefect_aws import AwsCredentials
 from prefect_azure.credentials import AzureContainerInstanceCredentials
 from prefect_gcp import GcpCredentials
 from support.server import PrefectServer
 
-from fidelity.harness import World
-
-# a secret placed into job env through `{{ prefect.blocks.secret.* }}` on both sides
-SECRET_VALUE = "s3cr3t-fidelity-value"
+from fidelity.harness import SECRET_VALUE, World
 
 
 def _service_account() -> dict[str, str]:
@@ -59,4 +57,6 @@ def world(prefect_server: PrefectServer) -> Iterator[World]:
         }
         for name, block in blocks.items():
             world.blocks[name] = str(block.save(name, overwrite=True))
+        # a `{{ prefect.variables.* }}` reference, resolved on both sides
+        Variable.set("fid_team", "data-platform", overwrite=True)
         yield world

@@ -43,6 +43,15 @@ REGION = "us-east-1"
 SETTINGS_ENV_SKIP = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
 
+# a secret placed into job env through `{{ prefect.blocks.secret.* }}` on both sides
+SECRET_VALUE = "s3cr3t-fidelity-value"
+# job env made of references: a Secret block's value and a Prefect variable (conftest's world)
+REFERENCED_ENV = {
+    "DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}",
+    "TEAM": "{{ prefect.variables.fid_team }}",
+}
+
+
 @dataclass
 class Case:
     """One realistic set of job variables for one pool type."""
@@ -150,7 +159,10 @@ async def both_sides(
         agent_pool = await api.read_work_pool(pool.name)
         agent_deployment = await api.read_deployment(str(deployment_id))
         job = await builder.build(run, agent_pool, agent_deployment)
-    return Sides(prefect_payload, json.loads(json.dumps(job.payload)), str(flow_run.id), config)
+    agent_payload = json.loads(json.dumps(job.payload))
+    for side in (agent_payload, prefect_payload):  # equal but unresolved would prove nothing
+        assert "{{ prefect." not in json.dumps(side, default=str), side
+    return Sides(prefect_payload, agent_payload, str(flow_run.id), config)
 
 
 # ---------------------------------------------------------------- comparison

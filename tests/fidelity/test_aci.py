@@ -13,7 +13,7 @@ import pytest
 from prefect_azure.workers.container_instance import AzureContainerWorker
 from slugify import slugify
 
-from fidelity.harness import Case, World, assert_same, block_ref, both_sides, evaluate_arm
+from fidelity.harness import REFERENCED_ENV, Case, World, assert_same, block_ref, both_sides, evaluate_arm
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -81,7 +81,7 @@ CASES = [
     ),
     Case(
         "block-references",
-        {**REQUIRED, "image": IMAGE, "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}},
+        {**REQUIRED, "image": IMAGE, "env": REFERENCED_ENV},
         template_edits=[CREDENTIALS],
     ),
     Case(

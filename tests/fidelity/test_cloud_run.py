@@ -8,7 +8,7 @@ import pytest
 from prefect_gcp.workers.cloud_run import CloudRunWorker
 from prefect_gcp.workers.cloud_run_v2 import CloudRunWorkerV2
 
-from fidelity.harness import Case, World, assert_same, block_ref, both_sides
+from fidelity.harness import REFERENCED_ENV, Case, World, assert_same, block_ref, both_sides
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -59,7 +59,7 @@ CASES = [
     ),
     Case(
         "block-references",
-        {"image": IMAGE, "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}},
+        {"image": IMAGE, "env": REFERENCED_ENV},
         template_edits=[CREDENTIALS],
     ),
     Case(
@@ -126,7 +126,7 @@ CASES_V1 = [
     ),
     Case(
         "block-references",
-        {"image": IMAGE, "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}},
+        {"image": IMAGE, "env": REFERENCED_ENV},
         template_edits=[CREDENTIALS],
     ),
     Case(

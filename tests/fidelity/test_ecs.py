@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from prefect_aws.workers.ecs_worker import ECSWorker
 
-from fidelity.harness import REGION, Case, World, assert_same, block_ref, both_sides
+from fidelity.harness import REFERENCED_ENV, REGION, Case, World, assert_same, block_ref, both_sides
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -90,7 +90,7 @@ CASES = [
         "block-references",
         {
             "image": IMAGE,
-            "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"},
+            "env": REFERENCED_ENV,
         },
         template_edits=[
             (("variables", "properties", "aws_credentials", "default"), block_ref("fid-aws")),

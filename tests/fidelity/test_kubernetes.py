@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from prefect_kubernetes.worker import KubernetesWorker
 
-from fidelity.harness import Case, World, assert_same, both_sides
+from fidelity.harness import REFERENCED_ENV, Case, World, assert_same, both_sides
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -52,7 +52,7 @@ CASES = [
     ),
     Case(
         "block-references",
-        {"image": IMAGE, "env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}},
+        {"image": IMAGE, "env": REFERENCED_ENV},
     ),
     Case(
         "run-overrides",

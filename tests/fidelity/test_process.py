@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prefect.workers.process import ProcessWorker
 
-from fidelity.harness import Case, World, assert_same, both_sides
+from fidelity.harness import REFERENCED_ENV, SECRET_VALUE, Case, World, assert_same, both_sides
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -53,7 +53,7 @@ CASES = [
     ),
     Case(
         "block-references",
-        {"env": {"DB_PASSWORD": "{{ prefect.blocks.secret.fid-secret }}"}, "working_dir": "/tmp"},
+        {"env": REFERENCED_ENV, "working_dir": "/tmp"},
         allowed=UNCONFIGURED,
     ),
     Case(
@@ -85,3 +85,11 @@ async def test_env_null_unsets_the_inherited_variable_where_prefect_keeps_it(wor
     assert_same(sides, {**LISTED, **UNCONFIGURED, "env.HOME": "null unsets (README)"})
     assert sides.prefect["env"]["HOME"] == os.environ["HOME"]
     assert "HOME" not in sides.agent["env"]
+
+
+async def test_references_are_resolved_on_both_sides(world: World) -> None:
+    case = Case("refs", {"env": REFERENCED_ENV}, allowed=UNCONFIGURED)
+    sides = await both_sides(world, ProcessWorker, "process", case, _finish, base_env=dict(os.environ))
+    for side in (sides.prefect, sides.agent):
+        assert side["env"]["TEAM"] == "data-platform"
+        assert side["env"]["DB_PASSWORD"] == SECRET_VALUE
