@@ -8,6 +8,7 @@ bad job (fail that run) from an unavailable platform (retry later).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -39,12 +40,23 @@ __all__ = [
 OutputSink = Callable[[str], None]
 
 
+# A line in Prefect's console format ("12:00:01.123 | INFO    | ...") is one of the engine's
+# own log records, which its API log handler already sends to the run's logs: shipped again,
+# the UI would show it twice. Everything else (prints, a traceback before the engine's logging
+# is up, a non-Python program's output) is shipped.
+_ENGINE_RECORD = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| (DEBUG|INFO|WARNING|ERROR|CRITICAL) *\| ")
+
+
 def output_sink(kind: str, flow_run_id: str, given: OutputSink | None = None) -> OutputSink:
-    """`given`, else the agent log line that ships to the flow run's logs."""
+    """`given`, else the agent log, shipping to the flow run's logs what the engine does not."""
     if given is not None:
         return given
     log = get_logger(f"agent.backends.{kind}", flow_run_id=flow_run_id)
-    return lambda line: log.info(line, stream="output")
+
+    def emit(line: str) -> None:
+        log.info(line, stream="output", ship=_ENGINE_RECORD.match(line) is None)
+
+    return emit
 
 
 # The typed runtime options of one kind: what its backend needs beyond the request payload
@@ -166,6 +178,7 @@ class Backend(Protocol[R]):
     async def aclose(self) -> None:
         """Release clients and watchers."""
         ...
+
 
 class Delivery(Enum):
     """How a control intent fared (see `Controllable`)."""

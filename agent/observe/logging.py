@@ -112,7 +112,7 @@ class Redactor:
         return {key: self.mask(value) for key, value in event.items()}
 
 
-_INTERNAL_KEYS = {"event", "level", "timestamp", "logger", "flow_run_id", "ship"}
+_INTERNAL_KEYS = {"event", "level", "timestamp", "logger", "flow_run_id", "ship", "stream"}
 
 
 class _Shipper:
