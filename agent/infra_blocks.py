@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 from pydantic import ValidationError
 
-from agent.api.blocks import read_block_document_by_name, register_block_type_and_schema
+from agent.api.blocks import read_block_document_by_name, register_block_type_and_schema, save_block_document
 from agent.api.client import PrefectClient
 from agent.blocks import get_block_spec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
@@ -89,22 +89,8 @@ class _Runnable:
                 raise BlockError(
                     f"a {self.slug} block named {name!r} exists already; pass overwrite=True to replace it"
                 )
-            if existing is not None:
-                body = {
-                    "data": data,
-                    "merge_existing_data": False,
-                    "block_schema_id": registration.block_schema_id,
-                }
-                await api.request("PATCH", f"/block_documents/{existing['id']}", json=body)
-                return str(existing["id"])
-            body = {
-                "name": name,
-                "data": data,
-                "block_type_id": registration.block_type_id,
-                "block_schema_id": registration.block_schema_id,
-            }
-            created = await api.request("POST", "/block_documents/", json=body)
-            return str(created["id"])
+            existing_id = str(existing["id"]) if existing is not None else None
+            return await save_block_document(api, registration, name, data, existing_id=existing_id)
 
     @classmethod
     def load(cls: type[B], name: str) -> B:

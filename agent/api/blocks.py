@@ -36,6 +36,7 @@ __all__ = [
     "read_block_document",
     "read_block_document_by_name",
     "register_block_type_and_schema",
+    "save_block_document",
 ]
 
 SCHEMA_VERSION: Final = "non-versioned"  # Prefect's DEFAULT_BLOCK_SCHEMA_VERSION
@@ -95,6 +96,30 @@ async def read_block_document_by_name(client: PrefectClient, slug: str, name: st
     except NotFound:
         return None
     return doc
+
+
+async def save_block_document(
+    client: PrefectClient,
+    registration: Registration,
+    name: str,
+    data: dict[str, Any],
+    *,
+    existing_id: str | None = None,
+) -> str:
+    """Create the document `name` of a registered type, or replace the data of `existing_id`
+    (its schema moved to the registered one); its id."""
+    if existing_id is not None:
+        body = {"data": data, "merge_existing_data": False, "block_schema_id": registration.block_schema_id}
+        await client.request("PATCH", f"/block_documents/{existing_id}", json=body)
+        return existing_id
+    body = {
+        "name": name,
+        "data": data,
+        "block_type_id": registration.block_type_id,
+        "block_schema_id": registration.block_schema_id,
+    }
+    created = await client.request("POST", "/block_documents/", json=body)
+    return str(created["id"])
 
 
 async def list_block_documents(client: PrefectClient, slugs: Sequence[str]) -> list[dict[str, Any]]:

@@ -150,6 +150,11 @@ class PrefectClient:
         await self._send_once("GET", "/health", None, None)
         return True
 
+    async def server_version(self) -> str:
+        """`GET /admin/version`: the server's Prefect version ("" if it answers no string)."""
+        version = await self.request("GET", "/admin/version")
+        return version if isinstance(version, str) else ""
+
     # -- work pools --------------------------------------------------------------------------
 
     async def read_work_pool(self, name: str) -> WorkPool | None:

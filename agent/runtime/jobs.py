@@ -140,13 +140,13 @@ class JobBuilder:
         asked again for the next run after a transient failure, and never fails the run."""
         if self._server_version is None:  # "" once the server said it will not tell
             try:
-                version = await self.api.request("GET", "/admin/version")
+                version = await self.api.server_version()
             except TransientError:
                 version = None  # asked again for the next run
             except ApiError:
                 version = ""  # not served here (a 404 or 403): never asked again
             if version is not None:
-                self._server_version = version if isinstance(version, str) else ""
+                self._server_version = version
         if run.flow_id and run.flow_id not in self._flow_names:
             with contextlib.suppress(ApiError):
                 self._flow_names[run.flow_id] = (await read_flow(self.api, run.flow_id)).name
