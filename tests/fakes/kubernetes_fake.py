@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ class KubernetesFake:
         # of a cascading job delete, which passes no grace period (kubernetes/kubernetes#25055)
         self.pod_deletions: list[dict[str, Any]] = []
         self.forbid_pod_delete = False  # a role without `delete` on pods: 403
+        # runs in the server's thread once a job and its pod exist, before the create's answer
+        # (a test drives the pod while the client still waits on its create)
+        self.during_create: Callable[[str], None] | None = None
+        # resources whose watch streams deliver nothing for now: a namespace's pods and jobs
+        # are two streams, so a client may see a job's end before its pod's news
+        self.lagging: set[str] = set()
         self._rv = 0
         self._compacted = 0
         self._generation = 0
@@ -147,6 +154,12 @@ class KubernetesFake:
             raise KeyError(f"job {job!r} has no pod")
         return max(pods, key=lambda p: int(p["metadata"]["resourceVersion"]))
 
+    def until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait (in the caller's thread) until `condition()` holds after some change; False
+        when `timeout` seconds pass first."""
+        with self._cond:
+            return self._cond.wait_for(condition, timeout)
+
     def list_jobs(self, namespace: str = "default") -> list[dict[str, Any]]:
         return self._items("jobs", namespace)
 
@@ -174,6 +187,8 @@ class KubernetesFake:
         job["status"] = {}
         self._emit("jobs", namespace, "ADDED", job)
         self._new_pod(job)
+        if self.during_create is not None:
+            self.during_create(meta["name"])
         return 201, copy.deepcopy(job)
 
     def _new_pod(self, job: dict[str, Any]) -> None:
@@ -389,6 +404,8 @@ class KubernetesFake:
                     yield {"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")}
                     return
                 entries = [e for e in self.history if e[0] > since and e[1] == resource and e[2] == namespace]
+                if resource in self.lagging:
+                    entries = []
                 if not entries:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._stopping:

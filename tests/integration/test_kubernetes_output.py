@@ -163,3 +163,55 @@ async def test_an_adopted_run_ships_its_lines_to_its_flow_runs_log(harness: Any)
         assert outcomes[0].exit_code == 0
     finally:
         await other.aclose()
+
+
+async def test_a_pod_that_ends_before_launch_returns_is_read_to_its_end(harness: Any) -> None:
+    """The whole run happens while the create's answer is on its way: the pod runs, prints
+    and fails, and the create answers only once the agent has ended the run and deleted the
+    job (or after 10 s). Its lines must be read before that delete."""
+    fake, lines = harness.fake, []
+    held: list[bool] = []
+
+    def run_to_the_end(name: str) -> None:  # the fake's server thread, the client waiting
+        fake.set_pod_phase(name, "Running")
+        fake.write_output(name, "hi", "there")
+        _exit(harness, name, 3)
+        held.append(fake.until(lambda: not fake.leftovers("default", name), timeout=10))
+
+    fake.during_create = run_to_the_end
+    handle = await harness.backend.launch(_job("run-early", output=lines.append))
+    outcome = await _wait(harness.backend, handle)
+    assert held == [True]  # the run was over before launch returned
+    assert outcome.exit_code == 3, outcome
+    assert lines == ["hi", "there"]
+    assert harness.fake.leftovers("default", handle.pid.split(":")[-1]) == []
+
+
+async def test_a_job_whose_end_outruns_its_pods_news_is_still_read(harness: Any) -> None:
+    """The pods watch lags behind the jobs watch: the job's Failed condition arrives while
+    the agent has seen its pod at most Pending (its watch, and its one list of the job's
+    pods, came before the pod ran). The drain reads the pods as the API has them then."""
+    fake, lines = harness.fake, []
+    handle = await harness.backend.launch(_job("run-lagging", output=lines.append))
+    name = handle.pid.split(":")[-1]
+
+    def seen(selector: str, *, watch: bool) -> bool:
+        return any(
+            path.endswith("/pods")
+            and q.get("labelSelector") == selector
+            and (q.get("watch") == "true") == watch
+            for _, path, q in list(fake.requests)
+        )
+
+    await _until(lambda: seen("prefect.io/flow-run-id", watch=True) and seen(f"job-name={name}", watch=False))
+    fake.lagging.add("pods")
+    try:
+        fake.set_pod_phase(name, "Running")
+        fake.write_output(name, "only", "once")
+        _exit(harness, name, 4)
+        outcome = await _wait(harness.backend, handle)
+    finally:
+        fake.lagging.discard("pods")
+    assert outcome.exit_code == 4, outcome
+    assert lines == ["only", "once"]
+    assert harness.fake.leftovers("default", name) == []

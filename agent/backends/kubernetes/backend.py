@@ -135,6 +135,10 @@ class KubernetesBackend:
         # watched before it exists, so that no event about it can be missed; its deadlines
         # start once the API has it
         watched = self._engine.track(Watched(handle, JobState(cluster, namespace, name, keep)))
+        # its output follower too: the pod may run and end, and the job be reported ended,
+        # before the create's answer is back; untracked (not created), the follower stops
+        if job.output is not None or runtime.stream_output:  # a direct run always wants output
+            self._follow_output(watched, output_sink(self.kind, job.flow_run_id, job.output))
         self._ensure_watch(cluster, namespace)
         try:
             await self._api.create(watched.state, manifest, job.flow_run_id)
@@ -147,13 +151,12 @@ class KubernetesBackend:
         watched.start_within = runtime.pod_watch_timeout_seconds
         watched.end_within = runtime.job_watch_timeout_seconds
         run_log(job.flow_run_id).info("created Kubernetes job", namespace=namespace, job=name)
-        if job.output is not None or runtime.stream_output:  # a direct run always wants output
-            self._follow_output(watched, output_sink(self.kind, job.flow_run_id, job.output))
         return handle
 
     def _follow_output(self, watched: Watched[JobState], emit: OutputSink) -> None:
-        """Follow the job's pod logs in the engine's task group (output.py); the end waits
-        for the last lines before it is reported."""
+        """Follow the job's pod logs in the engine's task group (output.py), attached to its
+        state at once so that every pod event reaches it; the end waits for the last lines
+        before it is reported."""
         state = watched.state
         output = JobOutput(
             self._log_calls,

@@ -5,15 +5,19 @@ Each pod that started is read with `GET .../pods/{pod}/log?follow=true&timestamp
 open and streams new lines until the container ends, so lines printed just before the
 exit come before the end of the answer. Pods are read one after the other, oldest first
 (a pod retried under backoffLimit follows the one that failed). What is known of the pods
-comes from the namespace watch (`on_pod`), and from one list at the start for an adopted
-run, whose pods the watch may have shown before it was adopted.
+comes from the namespace watch (`on_pod`, from before the job is created, and after the
+job's end is known too), from one list at the start (an adopted run's pods may have been
+shown before it was adopted), and from one list at the end: the watch's pods and jobs are
+two streams, so the job's end can arrive before the news that its pod ran or ended, and a
+pod that ran must be read all the same.
 
 A followed answer can end early (the API server's or a proxy's timeout, a dropped
 connection): the pod is asked again from `sinceTime` (RFC3339, to the second), and the
 lines up to the last one emitted are skipped by their timestamps (several lines may share
 one: they are counted), so every line is emitted once, in order, and nothing but that
 cursor is kept per pod. When the job has ended, `finish` lets the follower read every pod
-to its end (bounded) before the outcome is reported and the job deleted.
+(as the API lists them then) to its end, bounded, before the outcome is reported and the
+job deleted: a completed pod's log is readable until then, however early it ended.
 
 A failed read never touches the run: a container not started yet is asked again later,
 a gone pod is done, a transient error waits and asks again; anything else (a role without
@@ -112,11 +116,15 @@ class JobOutput:
     async def run(self, alive: Callable[[], bool]) -> None:
         """Follow the pods while `alive()` (the job is watched), until the job has ended."""
         try:
-            await self._seed()
+            await self._list(at_end=False)
+            listed_at_end = False
             while not self.closed and alive():
                 pod = self._next()
                 if pod is not None:
                     await self._follow(pod)
+                elif self._ending and not listed_at_end:
+                    listed_at_end = True  # the watch may lag: what the API has now, once
+                    await self._list(at_end=True)
                 elif self._ending:
                     return
                 else:
@@ -126,20 +134,24 @@ class JobOutput:
         finally:
             self._stopped.set()
 
-    async def _seed(self) -> None:
-        """The job's pods as they are now (an adopted job's were shown before it was watched)."""
+    async def _list(self, *, at_end: bool) -> None:
+        """The job's pods as the API has them now. At the start, only pods the watch has not
+        shown (an adopted job's were shown before it was watched); at the end, every pod not
+        read to its end, newer than the watch's copy, and worth the retry policy."""
         path = f"/api/v1/namespaces/{self._namespace}/pods"
         query = {"labelSelector": f"job-name={self._job}"}
+        call = lambda: self._cluster.call("GET", path, query=query)  # noqa: E731
         try:
-            listed = await self._calls.once(
-                lambda: self._cluster.call("GET", path, query=query), "listing the job's pods"
-            )
-        except BackendError:
-            return  # the watch will tell
+            listed = await (self._calls if at_end else self._calls.once)(call, "listing the job's pods")
+        except BackendError as exc:
+            if at_end:  # what the watch showed is all there is to read
+                self._say(f"output may be incomplete: {exc}")
+            return  # at the start, the watch will tell
         for pod in listed.get("items") or []:
             name = str((pod.get("metadata") or {}).get("name") or "")
-            if name not in self._pods and not self._cursors.get(name, _Cursor()).done:
-                self._pods[name] = pod
+            if self._cursors.get(name, _Cursor()).done or (name in self._pods and not at_end):
+                continue
+            self._pods[name] = pod
 
     def _next(self) -> Mapping[str, Any] | None:
         """The oldest started pod whose log is not read to its end."""

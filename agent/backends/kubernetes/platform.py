@@ -68,18 +68,17 @@ class JobEvents:
         self._engine = engine
         self._api = api
 
-    def _watched(self, cluster: Cluster, namespace: str, name: str) -> Watched[JobState] | None:
-        watched = self._engine.get(pid_for(cluster, namespace, name))
-        if watched is None or watched.ending or watched.state.cluster is not cluster:
-            return None
-        return watched
-
     def on_event(
         self, cluster: Cluster, namespace: str, resource: str, kind: str, obj: dict[str, Any]
     ) -> None:
         name = job_name_of(obj) if resource == "pods" else (obj.get("metadata") or {}).get("name")
-        watched = self._watched(cluster, namespace, str(name))
-        if watched is None:
+        watched = self._engine.get(pid_for(cluster, namespace, str(name)))
+        if watched is None or watched.done.is_set() or watched.state.cluster is not cluster:
+            return
+        output = watched.state.output
+        if resource == "pods" and output is not None:  # after the end is known too: the pods
+            output.on_pod(kind, obj)  # stream may lag the jobs stream, and the drain reads them
+        if watched.ending:
             return
         if resource == "pods":
             self._on_pod(watched, kind, obj)
@@ -104,8 +103,6 @@ class JobEvents:
 
     def _on_pod(self, watched: Watched[JobState], kind: str, pod: dict[str, Any]) -> None:
         state = watched.state
-        if state.output is not None:
-            state.output.on_pod(kind, pod)
         if kind == "DELETED":
             return
         state.pods[(pod.get("metadata") or {}).get("name", "")] = pod
