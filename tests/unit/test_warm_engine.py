@@ -6,8 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-import structlog
-
+from agent.backends.process import warm
 from agent.backends.process.warm import WarmEngine, _key, _Zygote
 
 ENGINE = [sys.executable, "-m", "prefect.engine"]
@@ -31,14 +30,23 @@ def test_turned_off_nothing_starts_warm() -> None:
     assert not WarmEngine(_spawn, enabled=False).accepts(ENGINE, ENV)
 
 
-def test_another_python_is_said_once_a_custom_command_not_at_all() -> None:
-    engine = WarmEngine(_spawn)
-    with structlog.testing.capture_logs() as logs:
-        for _ in range(3):
-            engine.accepts(["/opt/other/python", "-m", "prefect.engine"], ENV)
-            engine.accepts(["sh", "-c", "exit 0"], ENV)
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
-    assert [entry["event"] for entry in logs] == ["runs with another Python than the agent's start cold"]
+    def __getattr__(self, level: str):
+        return lambda event, **fields: self.lines.append(event)
+
+
+def test_another_python_is_said_once_a_custom_command_not_at_all(monkeypatch) -> None:
+    said = _Log()
+    monkeypatch.setattr(warm, "log", said)
+    engine = WarmEngine(_spawn)
+    for _ in range(3):
+        engine.accepts(["/opt/other/python", "-m", "prefect.engine"], ENV)
+        engine.accepts(["sh", "-c", "exit 0"], ENV)
+
+    assert said.lines == ["runs with another Python than the agent's start cold"]
 
 
 def test_runs_share_a_warm_engine_only_with_the_same_interpreter_variables() -> None:
