@@ -13,15 +13,24 @@ storage as the engine would), then each hook with `flow=, flow_run=, state=` in 
 run's state (the agent's CRASHED) for "crashed", a Cancelling state for "cancellation".
 A hook's error is logged and the next hook still runs, as in Prefect. The run's logs get
 Prefect's own "Running hook ..." lines; RESULT_PATH gets a JSON summary for the agent.
+
+A uv project run with PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES (Prefect's workspace
+supervisor ran its engine under `uv run`) has its dependencies in the project's
+environment, not here: when the flow cannot be imported here, the child runs itself again
+under `uv run --project <root>` in the directory the pull steps left, and loads the flow
+from its entrypoint there without running the steps again (as Prefect's hook bootstrap).
 """
 
 import asyncio
 import inspect
 import json
+import os
 import sys
 import traceback
 
 _CUT = 500  # characters of an error kept for the agent (it masks, then cuts again)
+_ENTRYPOINT = "FLOW_AGENT_HOOK_ENTRYPOINT"  # set for the run under `uv run`
+_BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
 async def _run(which, run_id):
@@ -35,8 +44,14 @@ async def _run(which, run_id):
         async with get_client() as client:
             flow_run = await client.read_flow_run(run_id)
             try:
-                flow = await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)
+                if os.environ.get(_ENTRYPOINT):
+                    flow = _from_entrypoint(os.environ[_ENTRYPOINT])
+                else:
+                    flow = await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)
             except Exception as exc:  # noqa: BLE001 - reported to the agent, which logs it
+                again = await _under_uv(client, flow_run) if _import_failed(exc) else None
+                if again is not None:
+                    return {"again": again}
                 traceback.print_exc()
                 return {"loaded": False, "error": _describe(exc)}
             if which == "crashed":
@@ -66,6 +81,62 @@ async def _call(hook, flow, flow_run, state, logger):
     return {"hook": name, "ok": True}
 
 
+def _from_entrypoint(entrypoint):
+    from prefect.exceptions import MissingFlowError
+    from prefect.flows import load_flow_from_entrypoint, load_function_and_convert_to_flow
+
+    try:
+        return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+    except MissingFlowError:
+        return load_function_and_convert_to_flow(entrypoint)
+
+
+async def _under_uv(client, flow_run):
+    """The command that runs this child again in the uv project's environment, if the run
+    is such a project's (the rules of Prefect's workspace supervisor), else None."""
+    if os.environ.get(_ENTRYPOINT):
+        return None  # already there
+    try:
+        from prefect.runner._uv_command import uv_project_command  # Prefect 3.8.8's own rules
+        from prefect.utilities.processutils import command_from_string
+    except ImportError:
+        return None
+    deployment = await client.read_deployment(flow_run.deployment_id)
+    path, _, name = (deployment.entrypoint or "").rpartition(":")
+    root = _project_root(os.getcwd())
+    auto = os.environ.get("PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES", "").strip().lower()
+    if not path or root is None or auto not in ("1", "true", "t", "yes", "y", "on"):
+        return None
+    return _again(uv_project_command, command_from_string, root, f"{path}:{name}")
+
+
+def _again(uv_project_command, command_from_string, root, entrypoint):
+    argv = ["python", "-c", _BOOT, os.path.abspath(__file__), *sys.argv[-3:]]
+    command = uv_project_command(root, argv, path=os.environ.get("PATH"), auto_install_dependencies=True)
+    if command is None:
+        return None
+    return {"argv": command_from_string(command), "entrypoint": os.path.abspath(entrypoint)}
+
+
+def _import_failed(exc):
+    """Whether loading the flow failed on an import (Prefect wraps the script's error)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ImportError) or isinstance(getattr(seen, "user_exc", None), ImportError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _project_root(start):
+    from pathlib import Path
+
+    for directory in (Path(start).resolve(), *Path(start).resolve().parents):
+        if (directory / "pyproject.toml").is_file():
+            return directory
+    return None
+
+
 def _describe(exc):
     return f"{type(exc).__name__}: {exc}"[:_CUT]
 
@@ -77,6 +148,9 @@ def main(argv):
     except Exception as exc:  # noqa: BLE001 - e.g. the server unreachable: tell the agent
         traceback.print_exc()
         summary = {"loaded": False, "error": _describe(exc)}
+    if "again" in summary:  # in the directory the pull steps left, with the project's Python
+        again = summary["again"]
+        os.execvpe(again["argv"][0], again["argv"], {**os.environ, _ENTRYPOINT: again["entrypoint"]})
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(summary, f)
     return 0
