@@ -144,7 +144,7 @@ def scrape(port: int) -> dict[str, float | None]:
         "flow_agent_api_errors_total",
     ):
         values = re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)
-        known = f"# HELP {name.removesuffix('_total')} " in text
+        known = f"# HELP {name} " in text
         out[name] = sum(float(v) for v in values) if known else None
     return out
 
@@ -178,7 +178,7 @@ def agents(
     procs: list[subprocess.Popen[bytes]] = []
     t0 = time.time()
     for i, port in enumerate(ports):
-        agent_env = {
+        own_env = {
             **env,
             "FLOW_AGENT_HEALTH_PORT": str(port),
             "FLOW_AGENT_DATA_DIR": str(home / f"data-{i}"),
@@ -187,7 +187,7 @@ def agents(
         with (out_dir / f"{db}-agents-{k}-{i}.log").open("wb") as out:
             procs.append(
                 subprocess.Popen(
-                    cmd, env=agent_env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    cmd, env=own_env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
                 )
             )
     drained_at = None
