@@ -45,6 +45,21 @@ def handler_name(sig):
     return getattr(handler, "__qualname__", str(handler))
 
 
+def open_files():
+    # what the process holds open besides files it reads now and then, sockets and pipes
+    # (the engine's threads and API connections come and go): devices and anon inodes
+    # (a pidfd or an event loop the warm engine left behind would show here)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/") or target.startswith("anon_inode:"):
+            found.append(target)
+    return sorted(found)
+
+
 def facts():
     supervisor = os.getppid()
     with open(f"/proc/{supervisor}/stat") as stat:
@@ -61,6 +76,7 @@ def facts():
         "signals": [handler_name(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)],
         "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
         "stdin": os.readlink("/proc/self/fd/0"),
+        "fds": open_files(),
         "api_url": settings.api.url,
         "retries": settings.tasks.default_retries,
         "log_level": settings.logging.level,
