@@ -65,7 +65,6 @@ def test_output_then_the_exit_code_and_the_job_is_gone(
         job = wait_for(lambda: _only_job(fake), timeout=30)
         assert job.startswith("direct-")
         fake.set_pod_phase(job, "Running")
-        wait_for(lambda: fake.logs.requests > 0, timeout=30)  # the CLI follows the pod's log
         fake.write_output(job, "hi", "there")
         fake.set_pod_phase(job, "Failed", container_state={"terminated": {"exitCode": 3, "reason": "Error"}})
         out, err = cli.communicate(timeout=60)
