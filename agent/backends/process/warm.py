@@ -125,6 +125,7 @@ class WarmEngine:
         self._starting: asyncio.Lock | None = None
         self._failed_at: float | None = None
         self._retired: list[_Zygote] = []
+        self._started: list[_Zygote] = []  # every engine process not yet waited for (aclose)
         self._ids = itertools.count(1)
         self._said: set[str] = set()
 
@@ -248,6 +249,7 @@ class WarmEngine:
             theirs.close()
         ours.setblocking(False)
         zygote = self._zygotes[key] = _Zygote(proc, ours, key)
+        self._started = [z for z in self._started if z.proc.returncode is None] + [zygote]
         self._spawn(lambda: self._listen(zygote))
 
     # -- the engine's messages ------------------------------------------------------------------
@@ -335,7 +337,7 @@ class WarmEngine:
 
     async def aclose(self) -> None:
         """Close the sockets: the engines exit; runs they forked live on under their supervisors."""
-        zygotes = [*self._zygotes.values(), *self._retired]
+        zygotes, self._started = self._started, []
         self._zygotes, self._retired = {}, []
         for zygote in zygotes:
             zygote.sock.close()
