@@ -214,6 +214,11 @@ def test_a_warm_run_behaves_as_a_cold_one(api: PrefectAPI, pool: str, start_agen
         )
         assert warm_logs == cold_logs, (mode, set(warm_logs) ^ set(cold_logs))
 
+    engine = psutil.Process(results["warm"]["ok"][1]["supervisor_parent"])
+    assert not {"PARITY_JOB", "PREFECT__FLOW_RUN_ID"} & set(engine.environ()), (
+        "no run's own env in the warm engine"
+    )
+
     states = {mode: state_type(run) for mode, (run, _) in results["warm"].items()}
     assert states == {"ok": "COMPLETED", "fail": "FAILED", "kill": "CRASHED", "sleep": "CANCELLED"}
     assert "OOM" in state_message(results["warm"]["kill"][0])

@@ -46,6 +46,7 @@ _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine fail
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
 _ORPHAN_POLL: Final = 0.2
 _MAX_ENGINES: Final = 2  # warm engines for different interpreter variables at once
+_ENGINE_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PREFECT_HOME", "PREFECT_PROFILE")
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -216,17 +217,19 @@ class WarmEngine:
         return zygote
 
     async def _start(self, key: Key, env: Mapping[str, str]) -> None:
-        # The engine imports with the environment of the first run it serves, minus what
-        # identifies that run; each fork takes its own run's environment before it runs.
-        # Runs whose interpreter variables differ (a deployment's PYTHONPATH) get their own
-        # engine: at most _MAX_ENGINES, the least recently used retired to make room.
+        # The engine imports Prefect with the interpreter variables and the few that say
+        # where Prefect's home and profile are, taken from the first run it serves; nothing
+        # else of that run (its job's secrets would show in every fork's /proc environ).
+        # Each fork takes its own run's whole environment before it runs. Runs whose
+        # interpreter variables differ (a deployment's PYTHONPATH) get their own engine:
+        # at most _MAX_ENGINES, the least recently used retired to make room.
         if self._zygotes:
             self._say_once(
                 "another", "a run with other PYTHON* or locale variables gets a warm engine of its own"
             )
         while len(self._zygotes) >= _MAX_ENGINES:
             self._retire(next(iter(self._zygotes.values())))
-        base = {k: v for k, v in env.items() if not k.startswith("PREFECT__")}
+        base = {**{k: env[k] for k in _ENGINE_ENV if k in env}, **dict(key)}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = await asyncio.create_subprocess_exec(
