@@ -535,7 +535,8 @@ class CloudRunFake:
         return _lro(name, done=done, metadata=ex, response=ex if done else None)
 
     def _list_executions(self, parts: dict[str, str], query: dict[str, list[str]], body: bytes) -> str:
-        job = self._job_name(parts)
+        # "To list all Executions across Jobs, use "-" instead of Job name." (its API reference)
+        job = f"{parts['parent']}/jobs" if parts["job"] == "-" else self._job_name(parts)
         # "Results are sorted by creation time, descending." (the API reference of executions.list)
         found = sorted(
             (self.executions[n] for n in self.list_executions(job)),

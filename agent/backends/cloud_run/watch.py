@@ -1,8 +1,12 @@
 """What the watch engine needs to know about Cloud Run executions (`engine.Platform`).
 
-Executions cannot be read in batches: each watch round reads every execution with one
-`executions.get` (the engine runs them concurrently); a completed one also has its tasks
-listed, for the exit code and signal of their last attempts. A missed start deadline
+A watch round reads the executions of one location (and credentials) together: from
+`LIST_FROM` of them on, with one paged `executions.list` across the location's jobs
+(parent `jobs/-`, as the API reference documents), so 1,000 runs cost a few calls a
+round, not 1,000; fewer, or one the list did not show (a new execution the list does not
+show yet), or a list this role may not make, with one `executions.get` each. A completed
+one is read again with its tasks listed, for the exit code and signal of their last
+attempts. A missed start deadline
 cancels the execution and reports START_FAILED with the platform's reason for waiting;
 the end deletes the per-run job unless `keep_job`. A run that ships its output has its
 new Cloud Logging entries read after each status, and drained after the end (output.py).
@@ -19,10 +23,12 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
+
 from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound
 from agent.backends.cloud_run.client import Clients
 from agent.backends.cloud_run.output import Output
-from agent.backends.cloud_run.status import SystemLog, outcome_of, sigkilled, started, waiting_message
+from agent.backends.cloud_run.status import SystemLog, ended, outcome_of, sigkilled, started, waiting_message
 from agent.backends.cloud_run.steps import CloudRunSteps, Status
 from agent.backends.cloud_run.system_log import read_system_log
 from agent.backends.engine import Watched
@@ -32,6 +38,9 @@ from agent.outcome import Outcome, Reason
 __all__ = ["SYSTEM_TRIES", "ExecutionState", "Executions"]
 
 SYSTEM_TRIES: Final = 3  # rounds a transiently failing system-log read is tried
+LIST_FROM: Final = 10  # executions of one location read with a list rather than a get each
+_AT_ONCE: Final = 16  # executions of a batch read (get, tasks, output) at once
+_UNREAD: Final = object()  # one execution of a batch could not be read now: neither found nor gone
 
 log = get_logger("agent.backends.cloud_run")
 
@@ -56,34 +65,78 @@ def job_of(execution: str) -> str:
     return execution.rsplit("/executions/", 1)[0]
 
 
+def location_of(execution: str) -> str:
+    """projects/p/locations/l of an execution's name."""
+    return execution.split("/jobs/", 1)[0]
+
+
 class Executions:
-    batch_size = 1  # no batched read exists for executions
+    batch_size = 1000  # the executions of one location and credentials: one list, paged
 
     def __init__(self, steps: CloudRunSteps, *, settle: float = 5.0) -> None:
         self._steps = steps
         self._settle = settle  # how long after the end the drain waits for late entries
+        self._list_refused = False  # this role may get but not list: a get each from now on
 
     def batch_key(self, watched: Watched[ExecutionState]) -> Hashable:
-        return watched.pid
+        return (id(watched.state.clients), location_of(watched.pid))
 
     async def read(self, batch: Sequence[Watched[ExecutionState]]) -> Mapping[str, Status]:
+        listed = await self._listed(batch)
         answer: dict[str, Status] = {}
-        for watched in batch:
-            try:
-                answer[watched.pid] = await self._steps.read(watched.state.clients, watched.pid, retry=False)
-            except InfrastructureNotFound:
-                continue  # absent from the answer: the execution is gone
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:  # e.g. permission denied: read again next round
-                raise BackendUnavailable(str(exc)) from None
-            output = watched.state.output
-            if output is not None and started(answer[watched.pid][0]):  # after the status
-                await output.follow(
-                    self._steps.logs, watched.state.clients, watched.pid, watched.flow_run_id, final=False
-                )
-            await self._explain_kill(watched, answer[watched.pid])
+        errors: list[BackendError] = []
+        limiter = anyio.CapacityLimiter(_AT_ONCE)
+
+        async def one(watched: Watched[ExecutionState]) -> None:
+            async with limiter:
+                try:
+                    answer[watched.pid] = await self._read_one(watched, listed.get(watched.pid))
+                except InfrastructureNotFound:
+                    return  # absent from the answer: the execution is gone
+                except BackendError as exc:  # transient, or e.g. permission denied: next round
+                    errors.append(exc)
+                    answer[watched.pid] = _UNREAD
+
+        async with anyio.create_task_group() as tg:
+            for watched in batch:
+                tg.start_soon(one, watched)
+        if errors and len(errors) == len(batch):  # nothing read: the engine backs off
+            first = errors[0]
+            raise first if isinstance(first, BackendUnavailable) else BackendUnavailable(str(first))
         return answer
+
+    async def _listed(self, batch: Sequence[Watched[ExecutionState]]) -> Mapping[str, Any]:
+        """The batch's executions by name, from one list of the location's (paged); empty
+        when a get each is cheaper or listing is refused."""
+        if len(batch) < LIST_FROM or self._list_refused:
+            return {}
+        clients, parent = batch[0].state.clients, f"{location_of(batch[0].pid)}/jobs/-"
+        try:
+            executions = await self._steps.calls.once(
+                lambda: list(clients.executions.list_executions(parent=parent)), "executions.list"
+            )
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            self._list_refused = True
+            log.warning("cannot list Cloud Run executions; reading them one by one", error=str(exc))
+            return {}
+        wanted = {w.pid for w in batch}
+        return {e.name: e for e in executions if e.name in wanted}
+
+    async def _read_one(self, watched: Watched[ExecutionState], execution: Any) -> Status:
+        """Its status (listed, else read), then its new output and a SIGKILL's explanation."""
+        if execution is not None and not ended(execution):
+            status: Status = (execution, None)
+        else:  # not listed, or ended: read with its tasks
+            status = await self._steps.read(watched.state.clients, watched.pid, retry=False)
+        output = watched.state.output
+        if output is not None and started(status[0]):  # after the status
+            await output.follow(
+                self._steps.logs, watched.state.clients, watched.pid, watched.flow_run_id, final=False
+            )
+        await self._explain_kill(watched, status)
+        return status
 
     async def _explain_kill(self, watched: Watched[ExecutionState], status: Status) -> None:
         """After a SIGKILL end has settled, read the execution's system log once."""
@@ -112,6 +165,8 @@ class Executions:
         state.system_read = True
 
     def conclude(self, watched: Watched[ExecutionState], status: Status | None) -> Outcome | None:
+        if status is _UNREAD:
+            return None
         if status is None:
             return Outcome(Reason.LOST, detail=f"Cloud Run execution {watched.pid} was deleted")
         execution, tasks = status
