@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint checks bench bench-multi clean
+.PHONY: demo test lint checks bench bench-multi bench-cloud clean
 
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
@@ -39,6 +39,9 @@ bench: $(BIN)/.installed         ## flow-agent vs `prefect worker` on one local 
 
 bench-multi: $(BIN)/.installed   ## 1 vs 4 agents on one pool, SQLite and PostgreSQL, against the server's ceiling
 	$(BIN)/python bench/multi_agent.py
+
+bench-cloud: $(BIN)/.installed   ## 1,000 runs on ECS (moto, 20% throttled), Kubernetes and Cloud Run (the test fakes)
+	$(BIN)/python bench/cloud_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
