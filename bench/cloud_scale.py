@@ -31,18 +31,17 @@ import argparse
 import asyncio
 import gc
 import json
-import logging
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import types
-import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -51,6 +50,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT), str(ROOT / "tests")]
 
+from cloud_doubles import Doubles, start_doubles  # noqa: E402
 from run import machine_info  # noqa: E402
 
 from agent.backends.base import Backend, BackendOptions, Handle, Job  # noqa: E402
@@ -203,15 +203,14 @@ async def tracked_and_measured(
 # -- ECS ---------------------------------------------------------------------------------------------
 
 
-async def run_ecs(args: argparse.Namespace) -> Scale:
-    from support.ecs_throttle import throttled
-    from support.moto_ecs import ecs_job, moto_ecs
+async def run_ecs(args: argparse.Namespace, doubles: Doubles) -> Scale:
+    from support.moto_ecs import MotoEcs, ecs_job
 
     from agent.backends.ecs import EcsBackend
     from agent.backends.ecs.taskdefs import digest
 
-    moto = moto_ecs()
-    moto.reset()
+    double: Any = doubles.EcsDouble()  # type: ignore[attr-defined]
+    moto = MotoEcs(double.start(args.throttle, args.seed))
     result = Scale("ecs", args.runs)
     images = [f"busybox:1.{i}" for i in range(args.configs)]
     jobs = [ecs_job(moto, f"run-{i:05d}", images[i % len(images)]) for i in range(args.runs)]
@@ -219,43 +218,40 @@ async def run_ecs(args: argparse.Namespace) -> Scale:
     interval = args.interval
     backend = EcsBackend(BackendOptions(watch_interval=interval))
     handles: dict[str, Handle] = {}
-    with throttled(args.throttle, seed=args.seed) as calls:
 
-        async def settle() -> None:
-            await anyio.sleep(interval * 2)  # every task read at least once
-            mark = len(calls.describe_sizes)
-            result.reads_per_round = await watch_rounds(lambda: calls.calls["describe_tasks"], interval)
-            result.describe_full_round = calls.describe_sizes[mark : mark + 12]
+    async def settle() -> None:
+        await anyio.sleep(interval * 2)  # every task read at least once
+        mark = len(double.counts()["describe_sizes"])
+        described = lambda: double.counts()["calls"].get("describe_tasks", 0)  # noqa: E731
+        result.reads_per_round = await watch_rounds(described, interval)
+        result.describe_full_round = double.counts()["describe_sizes"][mark : mark + 12]
 
-        await tracked_and_measured(result, backend, jobs, args.warmup, handles, settle)
-        started = time.monotonic()
-        for handle in handles.values():
-            moto.finish(handle.pid.split("::", 1)[1], exit_code=0)
-        outcomes = await wait_all(backend, handles, within=300)
-        result.end_seconds = round(time.monotonic() - started, 1)
+    await tracked_and_measured(result, backend, jobs, args.warmup, handles, settle)
+    started = time.monotonic()
+    double.finish_all()
+    outcomes = await wait_all(backend, handles, within=300)
+    result.end_seconds = round(time.monotonic() - started, 1)
     await backend.aclose()
+    counts = double.counts()
     result.outcomes = tally(outcomes, len(handles))
-    result.revisions = dict(Counter(td.family for td in moto.task_definitions()))
-    result.throttled = dict(calls.throttled)
-    result.calls = dict(calls.calls)
-    result.describe_max = max(calls.describe_sizes, default=0)
+    result.revisions = double.revisions()
+    result.throttled = counts["throttled"]
+    result.calls = counts["calls"]
+    result.describe_max = max(counts["describe_sizes"], default=0)
     return result
 
 
 # -- Kubernetes ----------------------------------------------------------------------------------------
 
 
-async def run_kubernetes(args: argparse.Namespace, tmp: Path) -> Scale:
-    from fakes.kubernetes_fake import KubernetesFake
-
+async def run_kubernetes(args: argparse.Namespace, doubles: Doubles, tmp: Path) -> Scale:
     from agent.backends.kubernetes import KubernetesBackend
     from agent.infra import default_base_job_template, resolve_job_configuration
     from agent.infra.kubernetes import KubernetesKind
     from agent.infra.spec import RunContext
 
-    fake = KubernetesFake().start()
-    fake.auto_start = True
-    kubeconfig = str(fake.write_kubeconfig(tmp / "kubeconfig"))
+    fake: Any = doubles.KubernetesDouble()  # type: ignore[attr-defined]
+    kubeconfig = fake.serve(str(tmp / "kubeconfig"))
     kind = KubernetesKind()
     variables = {"image": "prefecthq/prefect:3-latest", "pod_watch_timeout_seconds": 600}
     template = default_base_job_template("kubernetes")
@@ -272,23 +268,22 @@ async def run_kubernetes(args: argparse.Namespace, tmp: Path) -> Scale:
     backend = KubernetesBackend(BackendOptions(watch_interval=args.interval, kubeconfig=kubeconfig))
     handles: dict[str, Handle] = {}
 
-    def reads() -> int:  # every GET but the watch streams (which stay open): status reads
-        return sum(1 for method, _, query in list(fake.requests) if method == "GET" and "watch" not in query)
-
     async def settle() -> None:
         await anyio.sleep(args.interval * 2)
-        result.reads_per_round = await watch_rounds(reads, args.interval)
+        start = fake.request_count()
+        await anyio.sleep(args.interval * 3)
+        # every GET but the watch streams (which stay open) is a status read
+        reads = [r for r in fake.requests_since(start) if r[0] == "GET" and "watch" not in r[2]]
+        result.reads_per_round = len(reads) / 3
 
     try:
         await tracked_and_measured(result, backend, jobs, args.warmup, handles, settle)
-        before = len(fake.requests)
+        before = fake.request_count()
         started = time.monotonic()
-        state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
-        for handle in handles.values():
-            fake.set_pod_phase(handle.pid.split(":")[-1], "Succeeded", container_state=state)
+        fake.finish_all([handle.pid.split(":")[-1] for handle in handles.values()])
         outcomes = await wait_all(backend, handles, within=300)
         result.end_seconds = round(time.monotonic() - started, 1)
-        result.calls = dict(Counter(f"{m} {_k8s_route(p)}" for m, p, _ in fake.requests[before:]))
+        result.calls = dict(Counter(f"{m} {_k8s_route(p)}" for m, p, _ in fake.requests_since(before)))
         await backend.aclose()
     finally:
         fake.stop()
@@ -304,16 +299,14 @@ def _k8s_route(path: str) -> str:
 # -- Cloud Run -------------------------------------------------------------------------------------------
 
 
-async def run_cloud_run(args: argparse.Namespace) -> Scale:
-    from fakes.cloud_run_fake import CloudRunFake
-
+async def run_cloud_run(args: argparse.Namespace, doubles: Doubles) -> Scale:
     from agent.backends.cloud_run import CloudRunBackend
     from agent.infra.cloud_run import CloudRunKind
     from agent.infra.merge import resolve_job_configuration
     from agent.infra.spec import RunContext
 
-    fake = CloudRunFake()
-    fake.start()
+    fake: Any = doubles.CloudRunDouble()  # type: ignore[attr-defined]
+    url = fake.serve()
     kind = CloudRunKind()
     template = json.loads((ROOT / "agent/infra/templates/cloud-run-v2.json").read_text())
     variables = {"image": "us-docker.pkg.dev/demo/flows/flow:1", "credentials": {"project": "demo"}}
@@ -326,28 +319,26 @@ async def run_cloud_run(args: argparse.Namespace) -> Scale:
 
     jobs = [job(f"run-{i:05d}") for i in range(args.runs)]
     result = Scale("cloud-run", args.runs, configs=1)
-    options = BackendOptions(watch_interval=args.interval, gcp_endpoint=fake.url)
+    options = BackendOptions(watch_interval=args.interval, gcp_endpoint=url)
     backend = CloudRunBackend(options, start_timeout=600)
     handles: dict[str, Handle] = {}
 
-    def reads() -> int:
-        return sum(1 for route in list(fake.calls) if route in ("get_execution", "list_executions"))
-
     async def settle() -> None:
-        for handle in handles.values():
-            fake.start_execution(handle.pid)
+        fake.start_all([handle.pid for handle in handles.values()])
         await anyio.sleep(args.interval * 2)
-        result.reads_per_round = await watch_rounds(reads, args.interval)
+        start = fake.call_count()
+        await anyio.sleep(args.interval * 3)
+        calls = Counter(fake.calls_since(start))
+        result.reads_per_round = (calls["get_execution"] + calls["list_executions"]) / 3
 
     try:
         await tracked_and_measured(result, backend, jobs, args.warmup, handles, settle)
-        before = len(fake.calls)
+        before = fake.call_count()
         started = time.monotonic()
-        for handle in handles.values():
-            fake.finish_execution(handle.pid, 0)
+        fake.finish_all([handle.pid for handle in handles.values()])
         outcomes = await wait_all(backend, handles, within=300)
         result.end_seconds = round(time.monotonic() - started, 1)
-        result.calls = dict(Counter(fake.calls[before:]))
+        result.calls = dict(Counter(fake.calls_since(before)))
         await backend.aclose()
     finally:
         fake.close()
@@ -378,17 +369,21 @@ def table(results: list[Scale]) -> str:
 
 async def main(args: argparse.Namespace) -> list[Scale]:
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.backends:
-            print(f"== {name}: {args.runs} runs", flush=True)
-            if name == "ecs":
-                result = await run_ecs(args)
-            elif name == "kubernetes":
-                result = await run_kubernetes(args, Path(tmp))
-            else:
-                result = await run_cloud_run(args)
-            print(json.dumps(asdict(result), indent=1)[:3000], flush=True)
-            results.append(result)
+    doubles = start_doubles()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.backends:
+                print(f"== {name}: {args.runs} runs", flush=True)
+                if name == "ecs":
+                    result = await run_ecs(args, doubles)
+                elif name == "kubernetes":
+                    result = await run_kubernetes(args, doubles, Path(tmp))
+                else:
+                    result = await run_cloud_run(args, doubles)
+                print(json.dumps(asdict(result), indent=1)[:3000], flush=True)
+                results.append(result)
+    finally:
+        doubles.shutdown()
     return results
 
 
@@ -414,8 +409,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse()
     configure_logging(level=arguments.log_level, fmt="json")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
-    warnings.filterwarnings("ignore", message=r"Exception\(ECSException\) with code ThrottlingException")
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     measured = anyio.run(main, arguments)
     print(table(measured))
