@@ -1,7 +1,7 @@
 """Cloud backends at scale (issue 18): 1,000 runs tracked at once by one backend.
 
     .venv/bin/python bench/cloud_scale.py [--runs 1000] [--backends ecs kubernetes cloud-run]
-                                          [--throttle 0.2] [--configs 4] [--out bench/out-cloud]
+                                          [--throttle 0.2] [--configs 4] [--out bench/out/cloud]
 
 Each backend is driven directly through the seam, as the runner drives it: Jobs built by
 the backend's kind from a pool configuration (`agent/infra`), `launch` (up to 50 at once,
@@ -402,7 +402,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=50, help="launches before the memory mark")
     parser.add_argument("--interval", type=float, default=2.0, help="the watch interval, seconds")
     parser.add_argument("--log-level", default="WARNING", help="the agent log (stderr)")
-    parser.add_argument("--out", type=Path, default=BENCH / "out-cloud")
+    parser.add_argument("--out", type=Path, default=BENCH / "out" / "cloud")
     return parser.parse_args(argv)
 
 
