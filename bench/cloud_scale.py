@@ -292,8 +292,8 @@ async def run_kubernetes(args: argparse.Namespace, doubles: Doubles, tmp: Path) 
 
 
 def _k8s_route(path: str) -> str:
-    parts = path.strip("/").split("/")
-    return "/".join(parts[:-1] + ["{name}"]) if parts[-1].startswith("run-") else "/".join(parts)
+    """A request path with the runs' job and pod names as {name}."""
+    return "/".join("{name}" if part.startswith("run-") else part for part in path.strip("/").split("/"))
 
 
 # -- Cloud Run -------------------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ async def main(args: argparse.Namespace) -> list[Scale]:
                     result = await run_kubernetes(args, doubles, Path(tmp))
                 else:
                     result = await run_cloud_run(args, doubles)
-                print(json.dumps(asdict(result), indent=1)[:3000], flush=True)
+                print(json.dumps(asdict(result)), flush=True)
                 results.append(result)
     finally:
         doubles.shutdown()
