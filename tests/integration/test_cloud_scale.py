@@ -138,11 +138,14 @@ async def test_cloud_run_reads_many_executions_with_one_list_a_round(
         handles = await _launch_all(backend, [harness.job(f"scale-{i:02d}") for i in range(30)])
         for handle in handles.values():
             fake.start_execution(handle.pid)
-        await anyio.sleep(0.3)
-        before = Counter(fake.calls)
-        read = "get_execution" if list_refused else "list_executions"
-        wanted = 60 if list_refused else 2  # two rounds with every run tracked and running
         with anyio.fail_after(30):
+            # the first list (refused or not) came after the rounds of fewer executions:
+            # from here on every round reads all 30 (rounds follow one another)
+            while "list_executions" not in fake.calls:
+                await anyio.sleep(0.05)
+            before = Counter(fake.calls)
+            read = "get_execution" if list_refused else "list_executions"
+            wanted = 60 if list_refused else 2  # two rounds with every run tracked and running
             while (Counter(fake.calls) - before)[read] < wanted:
                 await anyio.sleep(0.05)
         rounds = Counter(fake.calls) - before
@@ -168,10 +171,17 @@ async def test_kubernetes_tracks_many_jobs_with_its_watches_alone(tmp_path: Path
     fake.auto_start = True
     try:
         handles = await _launch_all(backend, [harness.job(f"scale-{i:02d}") for i in range(30)])
-        await anyio.sleep(0.5)
+        with anyio.fail_after(30):  # every pod's output is followed (its stream opened)
+            while len({path for _, path, _ in fake.requests if path.endswith("/log")}) < 30:
+                await anyio.sleep(0.05)
         before = len(fake.requests)
         await anyio.sleep(0.5)  # 5 watch intervals with every run tracked: the watches say it all
-        reads = [r for r in fake.requests[before:] if r[0] == "GET" and "watch" not in r[2]]
+        # a status read: any GET but the watch streams and the pods' log streams
+        reads = [
+            (method, path)
+            for method, path, query in fake.requests[before:]
+            if method == "GET" and "watch" not in query and not path.endswith("/log")
+        ]
         assert reads == []
         state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
         for handle in handles.values():
