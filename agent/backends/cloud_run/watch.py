@@ -3,11 +3,10 @@
 A watch round reads the executions of one location (and credentials) together: from
 `LIST_FROM` of them on, with one paged `executions.list` across the location's jobs
 (parent `jobs/-`, as the API reference documents), so 1,000 runs cost a few calls a
-round, not 1,000; fewer, or one the list did not show (a new execution the list does not
-show yet), or a list this role may not make, with one `executions.get` each. A completed
-one is read again with its tasks listed, for the exit code and signal of their last
-attempts. A missed start deadline
-cancels the execution and reports START_FAILED with the platform's reason for waiting;
+round, not 1,000. Fewer of them, one the list does not show (yet), or all of them when
+this role may not list, are read with one `executions.get` each. A completed one is read
+with its tasks listed, for the exit code and signal of their last attempts. A missed
+start deadline cancels the execution and reports START_FAILED with the platform's reason for waiting;
 the end deletes the per-run job unless `keep_job`. A run that ships its output has its
 new Cloud Logging entries read after each status, and drained after the end (output.py).
 A task the system ended with SIGKILL has the execution's system log read, `settle`
