@@ -38,6 +38,7 @@ Any difference fails unless it is in DIFFERENCES, whose reason is a row of READM
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from pathlib import Path
@@ -45,10 +46,13 @@ from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, SecretBytes, SecretStr
+from support.golden import render_payload
 
 from agent.blocks import INFRASTRUCTURE_BLOCKS, get_block_spec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
 from agent.blocks.models import KubernetesJobBlock, ProcessBlock
+from agent.infra.ecs import EcsKind
+from agent.infra.spec import RunContext
 
 REQUIRED = "<required>"
 # a 2.x default made by a factory at block creation, not a JSON value in the schema
@@ -350,3 +354,196 @@ def test_secret_fields(slug: str) -> None:
     for name, nested_slug in spec.references.items():
         registered |= {f"{name}.{s}" for s in NESTED_SECRETS[nested_slug]}
     assert registered == PREFECT2_SECRETS[slug]
+
+
+# -- the request: ECSTask (prefect-aws v0.4.14 prefect_aws/ecs.py) --------------------------------
+#
+# The task definition is `_prepare_task_definition` (:1373-1458), the RunTask request
+# `_prepare_task_run` (:1548-1598) with `_prepare_task_run_overrides` (:1460-1500), for a block
+# `prepare_for_flow_run` made ready (:600-634, prefect base.py:232-262): family
+# `prefect__<flow>__<deployment>` slugified, `name` the block's or the run's, labels the run's
+# then the block's, env `{**agent settings, PREFECT__FLOW_RUN_ID, **block env}`, None unsets.
+#
+# Filled at run time, on both sides from the same run: the run's env and labels (given here as
+# Prefect 2's agent gave them, so the block's part of the request is what is compared).
+RUN_ID = "0c5b6a4e-1111-4222-8333-444455556666"
+RUN_ENV = {"PREFECT_API_URL": "https://api.example/api", "PREFECT_API_KEY": "pnu_fidelity"}
+RUN_LABELS = {  # base.py:289-325, in prepare_for_flow_run's order
+    "prefect.io/flow-run-id": RUN_ID,
+    "prefect.io/flow-run-name": "crimson-fox",
+    "prefect.io/version": "3.8.8",
+    "prefect.io/deployment-name": "daily",
+    "prefect.io/deployment-updated": "2026-12-01T10:00:00+00:00",
+    "prefect.io/flow-name": "ETL Flow",
+}
+ECS_LAUNCH = {
+    # 2.x: EC2 DescribeSubnets of `vpc_id` or the default VPC while it builds the request
+    # (ecs.py:911-912); flow-agent: the same look-up at launch (backends/ecs)
+    ("run_task", "networkConfiguration", "awsvpcConfiguration", "subnets"),
+    # README "ECS `startedBy`": how a restarted agent finds the run's task
+    ("run_task", "startedBy"),
+}
+ECS_DEFAULT_BLOCK = {"type": "ecs-task", "image": "registry/flows:2"}
+ECS_FULL_BLOCK = {
+    "type": "ecs-task",
+    "aws_credentials": {"region_name": "eu-west-1"},
+    "task_definition": {
+        "family": "from-definition",
+        "containerDefinitions": [{"name": "prefect", "essential": True}],
+    },
+    "family": "etl",
+    "image": "registry/flows:2",
+    "auto_deregister_task_definition": False,
+    "cpu": 512,
+    "memory": 1024,
+    "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
+    "configure_cloudwatch_logs": True,
+    "cloudwatch_logs_options": {"awslogs-group": "flows"},
+    "stream_output": True,
+    "launch_type": "FARGATE_SPOT",
+    "vpc_id": "vpc-0a1b",
+    "cluster": "prod",
+    "task_role_arn": "arn:aws:iam::123456789012:role/task",
+    "env": {"EXTRA": "1", "PREFECT_API_KEY": None},
+    "labels": {"owner": "ml team"},
+    "name": "nightly",
+    "command": ["python", "-m", "flows.etl"],
+    "task_customizations": [{"op": "add", "path": "/propagateTags", "value": "TASK_DEFINITION"}],
+    "task_start_timeout_seconds": 60,
+    "task_watch_poll_interval": 2.0,
+}
+
+
+def _env(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in pairs]
+
+
+def _tags(extra: dict[str, str]) -> list[dict[str, str]]:
+    # slugify(..., regex_pattern=_TAG_REGEX, lowercase=False): spaces become "-", case kept
+    labels = {**RUN_LABELS, "prefect.io/flow-name": "ETL-Flow", **extra}
+    return [{"key": key, "value": value} for key, value in labels.items()]
+
+
+ECS_EXPECTED_DEFAULT = {
+    "task_definition": {
+        # :1380-1387 the `prefect` container, the image
+        "containerDefinitions": [{"name": "prefect", "image": "registry/flows:2"}],
+        # prepare_for_flow_run :620, slugified :1407-1412
+        "family": "prefect__etl-flow__daily",
+        # :1415-1431 ECS_DEFAULT_CPU / ECS_DEFAULT_MEMORY (:165-166) as strings for FARGATE
+        "cpu": "1024",
+        "memory": "2048",
+        "requiresCompatibilities": ["FARGATE"],
+        "networkMode": "awsvpc",
+    },
+    "run_task": {
+        "overrides": {
+            "containerOverrides": [
+                {
+                    "name": "prefect",
+                    "environment": _env(
+                        ("PREFECT_API_URL", "https://api.example/api"),
+                        ("PREFECT_API_KEY", "pnu_fidelity"),
+                        ("PREFECT__FLOW_RUN_ID", RUN_ID),
+                    ),
+                    # `command or _base_flow_run_command()`: see ROW_ENGINE_COMMAND
+                    "command": ["prefect", "flow-run", "execute"],
+                }
+            ]
+        },
+        "tags": _tags({}),
+        "taskDefinition": "prefect__etl-flow__daily",
+        "launchType": "FARGATE",
+        "networkConfiguration": {"awsvpcConfiguration": {"assignPublicIp": "ENABLED", "securityGroups": []}},
+    },
+}
+ECS_EXPECTED_FULL = {
+    "task_definition": {
+        "containerDefinitions": [
+            {
+                "name": "prefect",
+                "essential": True,
+                "image": "registry/flows:2",
+                # :1395-1405, the options given last; the region is the ECS client's
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-create-group": "true",
+                        "awslogs-group": "flows",
+                        "awslogs-region": "eu-west-1",
+                        "awslogs-stream-prefix": "nightly",
+                    },
+                },
+            }
+        ],
+        "family": "etl",  # the block's family before the definition's (:1407)
+        "cpu": "512",
+        "memory": "1024",
+        "requiresCompatibilities": ["FARGATE"],  # FARGATE_SPOT runs on Fargate (:1418)
+        "networkMode": "awsvpc",
+        "executionRoleArn": "arn:aws:iam::123456789012:role/exec",  # :1446-1447
+    },
+    "run_task": {
+        "overrides": {
+            "containerOverrides": [
+                {
+                    "name": "prefect",
+                    # PREFECT_API_KEY: None unsets the agent's
+                    "environment": _env(
+                        ("PREFECT_API_URL", "https://api.example/api"),
+                        ("PREFECT__FLOW_RUN_ID", RUN_ID),
+                        ("EXTRA", "1"),
+                    ),
+                    "command": ["python", "-m", "flows.etl"],
+                    "memory": 1024,
+                    "cpu": 512,
+                }
+            ],
+            "executionRoleArn": "arn:aws:iam::123456789012:role/exec",
+            "taskRoleArn": "arn:aws:iam::123456789012:role/task",
+            "memory": "1024",
+            "cpu": "512",
+        },
+        "tags": _tags({"owner": "ml-team"}),
+        "taskDefinition": "etl",
+        "cluster": "prod",
+        "capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+        "networkConfiguration": {"awsvpcConfiguration": {"assignPublicIp": "ENABLED", "securityGroups": []}},
+        # task_customizations, applied last (:1597)
+        "propagateTags": "TASK_DEFINITION",
+    },
+}
+ROW_ENGINE_COMMAND = (
+    "| Prefect 2 container blocks (`ECSTask`, `KubernetesJob`, `CloudRunJob`, ACI): `command` unset |"
+)
+
+
+def _without(payload: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    payload = copy.deepcopy(payload)
+    for path in paths:
+        node = payload
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [(ECS_DEFAULT_BLOCK, ECS_EXPECTED_DEFAULT), (ECS_FULL_BLOCK, ECS_EXPECTED_FULL)],
+    ids=["defaults", "every-field"],
+)
+def test_ecs_task_request(block: dict[str, Any], expected: dict[str, Any]) -> None:
+    kind = EcsKind()
+    # the env in Prefect 2's order: the agent's settings, then the run id (base.py:253)
+    ctx = RunContext(
+        flow_run_id=RUN_ID,
+        flow_run_name="crimson-fox",
+        deployment_name="daily",
+        env={**RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID},
+        labels=RUN_LABELS,
+    )
+    config = kind.config_from_block(block, source="ecs-task block 'fidelity'")
+    payload = render_payload(kind, config, ctx, field=config.customizations_field, source="fidelity")
+    assert _without(payload, ECS_LAUNCH) == expected
+    assert ROW_ENGINE_COMMAND in README.read_text(encoding="utf-8")
