@@ -52,6 +52,7 @@ from agent.blocks import INFRASTRUCTURE_BLOCKS, get_block_spec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
 from agent.blocks.models import KubernetesJobBlock, ProcessBlock
 from agent.infra.ecs import EcsKind
+from agent.infra.kubernetes import KubernetesKind
 from agent.infra.spec import RunContext
 
 REQUIRED = "<required>"
@@ -414,6 +415,17 @@ ECS_FULL_BLOCK = {
 }
 
 
+def _run_context() -> RunContext:
+    # the env in Prefect 2's order: the agent's settings, then the run id (base.py:253)
+    return RunContext(
+        flow_run_id=RUN_ID,
+        flow_run_name="crimson-fox",
+        deployment_name="daily",
+        env={**RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID},
+        labels=RUN_LABELS,
+    )
+
+
 def _env(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [{"name": name, "value": value} for name, value in pairs]
 
@@ -535,15 +547,126 @@ def _without(payload: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, 
 )
 def test_ecs_task_request(block: dict[str, Any], expected: dict[str, Any]) -> None:
     kind = EcsKind()
-    # the env in Prefect 2's order: the agent's settings, then the run id (base.py:253)
-    ctx = RunContext(
-        flow_run_id=RUN_ID,
-        flow_run_name="crimson-fox",
-        deployment_name="daily",
-        env={**RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID},
-        labels=RUN_LABELS,
-    )
+    ctx = _run_context()
     config = kind.config_from_block(block, source="ecs-task block 'fidelity'")
     payload = render_payload(kind, config, ctx, field=config.customizations_field, source="fidelity")
     assert _without(payload, ECS_LAUNCH) == expected
     assert ROW_ENGINE_COMMAND in README.read_text(encoding="utf-8")
+
+
+# -- the request: KubernetesJob (prefect 2.20.25 src/prefect/infrastructure/kubernetes.py) --------
+#
+# `build_job()` (:399-404): the block's `job` (default `base_job_manifest()`), then
+# `_shortcut_customizations()` (:491-598), then `customizations`. The namespace defaults to
+# "default" (`default_namespace`, :208-210). Label keys and values are slugified
+# (:829-900, python-slugify lowercases), env is `_get_environment_variables()` (:902-920),
+# the name `_slugify_name(name) + "-"` (:799-827) with `name` the block's or the run's.
+BASE_JOB = PREFECT2["kubernetes-job"]["job"][1]  # base_job_manifest(), :226-248
+K8S_FULL_BLOCK = {
+    "type": "kubernetes-job",
+    "image": "registry/flows:2",
+    "namespace": "prefect",
+    "service_account_name": "flow-runner",
+    "image_pull_policy": "Always",
+    "cluster_config": None,
+    "job": copy.deepcopy(BASE_JOB),
+    "customizations": [{"op": "add", "path": "/spec/backoffLimit", "value": 0}],
+    "job_watch_timeout_seconds": 600,
+    "pod_watch_timeout_seconds": 30,
+    "stream_output": False,
+    "finished_job_ttl": 60,
+    "labels": {"team": "Data"},
+    "env": {"EXTRA": "1", "PREFECT_API_KEY": None},
+    "name": "Nightly ETL",
+    "command": ["python", "-m", "flows.etl"],
+}
+K8S_DEFAULT_BLOCK = {"type": "kubernetes-job", "image": "registry/flows:2"}
+# the run's labels as Prefect 2 slugified them: lowercased, ":" and "+" become "-"
+K8S_RUN_LABELS = {
+    "prefect.io/flow-run-id": RUN_ID,
+    "prefect.io/flow-run-name": "crimson-fox",
+    "prefect.io/version": "3.8.8",
+    "prefect.io/deployment-name": "daily",
+    "prefect.io/deployment-updated": "2026-12-01t10-00-00-00-00",
+    "prefect.io/flow-name": "etl-flow",
+}
+
+
+def _k8s_job(*, namespace: str, labels: dict[str, str], container: dict[str, Any], generate: str) -> dict:
+    job = copy.deepcopy(BASE_JOB)
+    labels = {**K8S_RUN_LABELS, **labels}
+    job["metadata"] = {"labels": labels, "namespace": namespace, "generateName": generate}
+    job["spec"]["template"]["spec"]["containers"][0].update(container)
+    return job
+
+
+K8S_EXPECTED_DEFAULT = _k8s_job(
+    namespace="default",
+    labels={},
+    container={
+        "image": "registry/flows:2",
+        "env": _env(
+            ("PREFECT_API_URL", "https://api.example/api"),
+            ("PREFECT_API_KEY", "pnu_fidelity"),
+            ("PREFECT__FLOW_RUN_ID", RUN_ID),
+        ),
+        # `command or _base_flow_run_command()`: see ROW_ENGINE_COMMAND
+        "args": ["prefect", "flow-run", "execute"],
+    },
+    generate="crimson-fox-",
+)
+K8S_EXPECTED_FULL = _k8s_job(
+    namespace="prefect",
+    labels={"team": "data"},
+    container={
+        "image": "registry/flows:2",
+        "env": _env(
+            ("PREFECT_API_URL", "https://api.example/api"),
+            ("PREFECT__FLOW_RUN_ID", RUN_ID),
+            ("EXTRA", "1"),
+        ),
+        "imagePullPolicy": "Always",
+        "args": ["python", "-m", "flows.etl"],
+    },
+    generate="nightly-etl-",
+)
+K8S_EXPECTED_FULL["spec"]["template"]["spec"]["serviceAccountName"] = "flow-runner"
+K8S_EXPECTED_FULL["spec"]["ttlSecondsAfterFinished"] = 60
+K8S_EXPECTED_FULL["spec"]["backoffLimit"] = 0  # the customization, applied last
+ROW_K8S_LABELS = "| Prefect 2 `KubernetesJob` block: labels |"
+ROW_K8S_RUN_METADATA = "| Prefect 2 `KubernetesJob` block: what every Job carries |"
+
+
+def _as_prefect2_sees_it(job: dict[str, Any]) -> dict[str, Any]:
+    """flow-agent's Job with the listed differences taken back out, each checked on the way."""
+    job = copy.deepcopy(job)
+    metadata, template = job["metadata"], job["spec"]["template"]
+    # ROW_K8S_LABELS: the run's and the block's labels on the pod template too, case kept
+    assert template.pop("metadata")["labels"] == metadata["labels"]
+    # ROW_K8S_RUN_METADATA: prefect-kubernetes's `app.kubernetes.io/*` labels, empty
+    # annotations and the engine's SIGTERM behaviour, as on a pool's Job
+    assert metadata.pop("annotations") == {}
+    labels = {k: v for k, v in metadata["labels"].items() if not k.startswith("app.kubernetes.io/")}
+    assert len(labels) == len(metadata["labels"]) - 4
+    metadata["labels"] = {k: v.lower() for k, v in labels.items()}
+    container = template["spec"]["containers"][0]
+    sigterm = [e for e in container["env"] if e["name"] == "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"]
+    assert len(sigterm) == 1
+    container["env"].remove(sigterm[0])
+    return job
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [(K8S_DEFAULT_BLOCK, K8S_EXPECTED_DEFAULT), (K8S_FULL_BLOCK, K8S_EXPECTED_FULL)],
+    ids=["defaults", "every-field"],
+)
+def test_kubernetes_job_manifest(block: dict[str, Any], expected: dict[str, Any]) -> None:
+    kind = KubernetesKind()
+    config = kind.config_from_block(block, source="kubernetes-job block 'fidelity'")
+    payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
+    # the namespace the Job is created in (2.x: `create_namespaced_job(self.namespace, ...)`, :796)
+    assert payload["namespace"] == expected["metadata"]["namespace"]
+    assert _as_prefect2_sees_it(payload["job"]) == expected
+    text = README.read_text(encoding="utf-8")
+    assert ROW_K8S_LABELS in text and ROW_K8S_RUN_METADATA in text and ROW_ENGINE_COMMAND in text
