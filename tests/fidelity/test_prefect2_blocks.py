@@ -39,6 +39,7 @@ Any difference fails unless it is in DIFFERENCES, whose reason is a row of READM
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from pathlib import Path
@@ -51,6 +52,7 @@ from support.golden import render_payload
 from agent.blocks import INFRASTRUCTURE_BLOCKS, get_block_spec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
 from agent.blocks.models import KubernetesJobBlock, ProcessBlock
+from agent.infra.cloud_run import CloudRunKind
 from agent.infra.ecs import EcsKind
 from agent.infra.kubernetes import KubernetesKind
 from agent.infra.spec import RunContext
@@ -670,3 +672,118 @@ def test_kubernetes_job_manifest(block: dict[str, Any], expected: dict[str, Any]
     assert _as_prefect2_sees_it(payload["job"]) == expected
     text = README.read_text(encoding="utf-8")
     assert ROW_K8S_LABELS in text and ROW_K8S_RUN_METADATA in text and ROW_ENGINE_COMMAND in text
+
+
+# -- the request: CloudRunJob (prefect-gcp v0.5.8 prefect_gcp/cloud_run.py) -----------------------
+#
+# `_jobs_body()` (:672-713) with `_add_container_settings` (:798-811: env, resources, command,
+# args), `_add_resources` (:825-840, `_cpu_as_k8s_quantity` :487-492, `memory_string`
+# :349-353), `_add_env` (:842-852: `{**agent settings, **env}`), `_add_command` (:819-823:
+# `command`, which prepare_for_flow_run filled); created with `Job.create(namespace=
+# credentials.project)` (:560-562) at `https://<region>-run.googleapis.com` (:789).
+CR_IMAGE = "us-docker.pkg.dev/my-proj/flows/etl:2"
+CR_DEFAULT_BLOCK = {
+    "type": "cloud-run-job",
+    "image": CR_IMAGE,
+    "region": "us-central1",
+    "credentials": {"project": "my-proj"},
+}
+CR_FULL_BLOCK = {
+    **CR_DEFAULT_BLOCK,
+    "cpu": 2,
+    "memory": 4,
+    "memory_unit": "Gi",
+    "vpc_connector_name": "conn",
+    "args": ["--verbose"],
+    "keep_job": True,
+    "timeout": 1200,
+    "max_retries": 0,
+    "env": {"EXTRA": "1"},
+    "labels": {"team": "Data"},
+    "name": "nightly",
+    "command": ["python", "-m", "flows.etl"],
+}
+
+
+def _cloud_run_body(container: dict[str, Any], *, annotations: dict[str, str], task: dict[str, Any]) -> dict:
+    return {
+        "apiVersion": "run.googleapis.com/v1",
+        "kind": "Job",
+        "metadata": {},  # `name` below
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"run.googleapis.com/launch-stage": "BETA", **annotations}},
+                "spec": {"template": {"spec": {"containers": [{"image": CR_IMAGE, **container}], **task}}},
+            }
+        },
+    }
+
+
+CR_EXPECTED_DEFAULT = _cloud_run_body(
+    {
+        "env": _env(
+            ("PREFECT_API_URL", "https://api.example/api"),
+            ("PREFECT_API_KEY", "pnu_fidelity"),
+            ("PREFECT__FLOW_RUN_ID", RUN_ID),
+        ),
+        "command": ["prefect", "flow-run", "execute"],  # see ROW_ENGINE_COMMAND
+    },
+    annotations={},
+    task={"timeoutSeconds": "600", "maxRetries": 3},
+)
+CR_EXPECTED_FULL = _cloud_run_body(
+    {
+        "env": _env(
+            ("PREFECT_API_URL", "https://api.example/api"),
+            ("PREFECT_API_KEY", "pnu_fidelity"),
+            ("PREFECT__FLOW_RUN_ID", RUN_ID),
+            ("EXTRA", "1"),
+        ),
+        "resources": {
+            "limits": {"cpu": "2000m", "memory": "4Gi"},
+            "requests": {"cpu": "2000m", "memory": "4Gi"},
+        },
+        "command": ["python", "-m", "flows.etl"],
+        "args": ["--verbose"],
+    },
+    annotations={"run.googleapis.com/vpc-access-connector": "conn"},
+    task={"timeoutSeconds": "1200", "maxRetries": 0},
+)
+ROW_CLOUD_RUN_NAME = "| Cloud Run job name (v2 `job_id`, v1 `metadata.name`) |"
+ROW_CLOUD_RUN_LABELS = "| Prefect 2 `CloudRunJob` block: labels |"
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [(CR_DEFAULT_BLOCK, CR_EXPECTED_DEFAULT), (CR_FULL_BLOCK, CR_EXPECTED_FULL)],
+    ids=["defaults", "every-field"],
+)
+def test_cloud_run_job_body(block: dict[str, Any], expected: dict[str, Any]) -> None:
+    kind = CloudRunKind()
+    config = kind.config_from_block(block, source="cloud-run-job block 'fidelity'")
+    payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
+    assert (payload["parent"], payload["endpoint"]) == (
+        "namespaces/my-proj",
+        "https://us-central1-run.googleapis.com",
+    )
+    body = copy.deepcopy(payload["job"])
+    # ROW_CLOUD_RUN_NAME: 2.x `job_name` (:331-346) is the image's third part (cut at 17) and
+    # a random uuid4 hex; flow-agent's hex is derived from the run id
+    assert re.fullmatch(r"flows-[0-9a-f]{32}", body["metadata"].pop("name"))
+    # ROW_CLOUD_RUN_LABELS: 2.x sets no labels on the job; flow-agent the run's and the
+    # block's, GCP-sanitized, on the job and its execution template
+    labels = body["metadata"].pop("labels")
+    assert body["spec"]["template"]["metadata"].pop("labels") == labels
+    assert labels == {
+        "prefect-io-flow-run-id": RUN_ID,
+        "prefect-io-flow-run-name": "crimson-fox",
+        "prefect-io-version": "3-8-8",
+        "prefect-io-deployment-name": "daily",
+        "prefect-io-deployment-updated": "2026-12-01t10-00-00-00-00",
+        "prefect-io-flow-name": "etl-flow",
+        **({"team": "data"} if block.get("labels") else {}),
+    }
+    # the container's keys in any order; the env in order
+    assert body == expected
+    text = README.read_text(encoding="utf-8")
+    assert ROW_CLOUD_RUN_NAME in text and ROW_CLOUD_RUN_LABELS in text and ROW_ENGINE_COMMAND in text
