@@ -55,6 +55,7 @@ from agent.blocks.models import KubernetesJobBlock, ProcessBlock
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.ecs import EcsKind
 from agent.infra.kubernetes import KubernetesKind
+from agent.infra.process import ProcessKind
 from agent.infra.spec import RunContext
 
 REQUIRED = "<required>"
@@ -787,3 +788,50 @@ def test_cloud_run_job_body(block: dict[str, Any], expected: dict[str, Any]) -> 
     assert body == expected
     text = README.read_text(encoding="utf-8")
     assert ROW_CLOUD_RUN_NAME in text and ROW_CLOUD_RUN_LABELS in text and ROW_ENGINE_COMMAND in text
+
+
+# -- the request: Process (prefect 2.20.25 src/prefect/infrastructure/process.py) -----------------
+#
+# `run()` (:100-130): `run_process(command, stream_output, env=_get_environment_variables(),
+# cwd=working_dir or a TemporaryDirectory)`; the env is `{**os.environ, **agent settings,
+# **env}` without nulls (:238-245), the command `[sys.executable, "-m", "prefect.engine"]`
+# (:247-248). Filled at launch on both sides: the temporary directory (flow-agent's process
+# backend makes it when `cwd` is None); `os.environ` and `sys.executable` are the agent's.
+AGENT_PYTHON = "/opt/venv/bin/python"
+AGENT_ENVIRON = {"PATH": "/usr/bin:/bin", "HOME": "/home/agent"}
+PROCESS_DEFAULT_BLOCK = {"type": "process"}
+PROCESS_FULL_BLOCK = {
+    "type": "process",
+    "env": {"EXTRA": "1", "HOME": None},
+    "labels": {"team": "data"},  # 2.x uses them for nothing a process sees
+    "name": "nightly",
+    "command": ["python", "-m", "flows.etl"],
+    "stream_output": False,
+    "working_dir": "/srv/flows",
+}
+PROCESS_EXPECTED_DEFAULT = {
+    # the same engine; README "Process start path" for when flow-agent picks the supervisor
+    "command": [AGENT_PYTHON, "-m", "prefect.engine"],
+    "env": {**AGENT_ENVIRON, **RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID},
+    "cwd": None,  # a temporary directory, made at launch
+    "stream_output": True,
+}
+PROCESS_EXPECTED_FULL = {
+    "command": ["python", "-m", "flows.etl"],
+    "env": {"PATH": "/usr/bin:/bin", **RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID, "EXTRA": "1"},
+    "cwd": "/srv/flows",
+    "stream_output": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [(PROCESS_DEFAULT_BLOCK, PROCESS_EXPECTED_DEFAULT), (PROCESS_FULL_BLOCK, PROCESS_EXPECTED_FULL)],
+    ids=["defaults", "every-field"],
+)
+def test_process_launch(block: dict[str, Any], expected: dict[str, Any]) -> None:
+    kind = ProcessKind(python=AGENT_PYTHON, base_env=AGENT_ENVIRON)
+    config = kind.config_from_block(block, source="process block 'fidelity'")
+    payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
+    assert payload == expected
+    assert list(payload["env"]) == list(expected["env"])  # later wins, in 2.x's order
