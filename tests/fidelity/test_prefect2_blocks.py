@@ -46,12 +46,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from azure.mgmt.containerinstance import models as aci_models
 from pydantic import BaseModel, SecretBytes, SecretStr
 from support.golden import render_payload
 
 from agent.blocks import INFRASTRUCTURE_BLOCKS, get_block_spec
 from agent.blocks.cloud import AzureContainerInstanceJobBlock, CloudRunJobBlock, ECSTaskBlock
 from agent.blocks.models import KubernetesJobBlock, ProcessBlock
+from agent.infra.aci import AciKind
 from agent.infra.cloud_run import CloudRunKind
 from agent.infra.ecs import EcsKind
 from agent.infra.kubernetes import KubernetesKind
@@ -835,3 +837,126 @@ def test_process_launch(block: dict[str, Any], expected: dict[str, Any]) -> None
     payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
     assert payload == expected
     assert list(payload["env"]) == list(expected["env"])  # later wins, in 2.x's order
+
+
+# -- the request: AzureContainerInstanceJob (prefect-azure v0.3.7 container_instance.py) ----------
+#
+# `run()` (:344-364): `_configure_container()` (:544-587: env with PREFECT_API_KEY in
+# `secure_value` (ENV_SECRETS, :123), the entrypoint before the command, resources
+# :589-607) and `_configure_container_group()` (:609-671: identities, subnets, DNS, the
+# registry's credentials :673-711, Linux, restart Never), sent with
+# `container_groups.begin_create_or_update(resource_group_name, container.name, group)`.
+# The expected body is built here with the same Azure SDK models, the way that code builds
+# them, and serialised by the SDK as its client would send it. Filled at launch on both
+# sides: `location` (2.x reads the resource group's; flow-agent's backend the same, once).
+ACI_DEFAULT_BLOCK = {
+    "type": "container-instance-job",
+    "resource_group_name": "rg",
+    "subscription_id": "sub-123",
+    "image": "registry/flows:2",
+}
+ACI_IDENTITY = (
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1"
+)
+ACI_FULL_BLOCK = {
+    **ACI_DEFAULT_BLOCK,
+    "aci_credentials": None,
+    "identities": [ACI_IDENTITY],
+    "entrypoint": "/opt/entry.sh",
+    "image_registry": {"username": "u", "password": "registry-pw", "registry_url": "reg.io", "reauth": True},
+    "cpu": 2.0,
+    "gpu_count": 1,
+    "gpu_sku": "V100",
+    "memory": 4.0,
+    "subnet_ids": ["/subscriptions/s/subnets/a"],
+    "dns_servers": ["10.0.0.1"],
+    "stream_output": True,
+    "env": {"EXTRA": "1"},
+    "labels": {"team": "Data"},
+    "name": "Nightly ETL",
+    "command": ["python", "-m", "flows.etl"],
+    "task_start_timeout_seconds": 100,
+    "task_watch_poll_interval": 1.0,
+}
+ROW_ACI_TAGS = "| ACI tags |"
+ROW_ACI_NAME = "| Prefect 2 `AzureContainerInstanceJob` block: container group name |"
+
+
+def _aci_expected(block: dict[str, Any]) -> dict[str, Any]:
+    """The 2.x code path, line for line, with the SDK's models (cited above)."""
+    m = aci_models
+    env = {**RUN_ENV, "PREFECT__FLOW_RUN_ID": RUN_ID, **block.get("env", {})}
+    environment = [
+        m.EnvironmentVariable(name=k, secure_value=v)
+        if k == "PREFECT_API_KEY"
+        else m.EnvironmentVariable(name=k, value=v)
+        for k, v in env.items()
+    ]
+    gpu = m.GpuResource(count=block["gpu_count"], sku=block["gpu_sku"]) if block.get("gpu_count") else None
+    requests = m.ResourceRequests(memory_in_gb=block.get("memory", 1.0), cpu=block.get("cpu", 1.0), gpu=gpu)
+    # `command or _base_flow_run_command()` (see ROW_ENGINE_COMMAND), after the entrypoint
+    command = [
+        block.get("entrypoint", "/opt/prefect/entrypoint.sh"),
+        *(block.get("command") or DEFAULT_ENGINE),
+    ]
+    container = m.Container(
+        name="<name>",
+        image=block["image"],
+        command=command,
+        resources=m.ResourceRequirements(requests=requests),
+        environment_variables=environment,
+    )
+    registry = block.get("image_registry")
+    group = m.ContainerGroup(
+        location=None,
+        identity=m.ContainerGroupIdentity(
+            type="UserAssigned",
+            user_assigned_identities={i: m.UserAssignedIdentities() for i in block["identities"]},
+        )
+        if block.get("identities")
+        else None,
+        containers=[container],
+        os_type=m.OperatingSystemTypes.linux,
+        restart_policy=m.ContainerGroupRestartPolicy.never,
+        image_registry_credentials=[
+            m.ImageRegistryCredential(
+                server=registry["registry_url"], username=registry["username"], password=registry["password"]
+            )
+        ]
+        if registry
+        else None,
+        subnet_ids=[m.ContainerGroupSubnetId(id=s) for s in block["subnet_ids"]]
+        if block.get("subnet_ids")
+        else None,
+        dns_config=m.DnsConfiguration(name_servers=block["dns_servers"])
+        if block.get("dns_servers")
+        else None,
+    )
+    body: dict[str, Any] = group.serialize()
+    return body
+
+
+DEFAULT_ENGINE = ["prefect", "flow-run", "execute"]
+
+
+@pytest.mark.parametrize("block", [ACI_DEFAULT_BLOCK, ACI_FULL_BLOCK], ids=["defaults", "every-field"])
+def test_aci_container_group(block: dict[str, Any]) -> None:
+    kind = AciKind()
+    config = kind.config_from_block(block, source="container-instance-job block 'fidelity'")
+    payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
+    assert (payload["subscription_id"], payload["resource_group"]) == ("sub-123", "rg")
+    body = copy.deepcopy(payload["container_group"])
+    # ROW_ACI_NAME: 2.x `<slug of name or the run's name>-<10 random characters>` (:558-570)
+    # for both; flow-agent Prefect 3's `<slug of the flow's name>-<flow run id>`
+    name = f"etl-flow-{RUN_ID}"
+    assert payload["container_group_name"] == name
+    container = body["properties"]["containers"][0]
+    assert container["name"] == name
+    container["name"] = "<name>"
+    # ROW_ACI_TAGS: the run's labels (and the block's) as tags; 2.x sets none
+    tags = body.pop("tags")
+    run_tags = {key.replace("/", "_"): value for key, value in RUN_LABELS.items()}
+    assert tags == {**run_tags, **block.get("labels", {})}
+    assert body == _aci_expected(block)
+    text = README.read_text(encoding="utf-8")
+    assert ROW_ACI_NAME in text and ROW_ACI_TAGS in text and ROW_ENGINE_COMMAND in text
