@@ -30,8 +30,8 @@ from fidelity.test_prefect2_blocks import PREFECT2, README
 # -- the request: ECSTask (prefect-aws v0.4.14 prefect_aws/ecs.py) --------------------------------
 #
 # The task definition is `_prepare_task_definition` (:1373-1458), the RunTask request
-# `_prepare_task_run` (:1548-1598) with `_prepare_task_run_overrides` (:1460-1500), for a block
-# `prepare_for_flow_run` made ready (:600-634, prefect base.py:232-262): family
+# `_prepare_task_run` (:1548-1593) with `_prepare_task_run_overrides` (:1460-1500), for a block
+# `prepare_for_flow_run` made ready (:602-634, prefect base.py:232-262): family
 # `prefect__<flow>__<deployment>` slugified, `name` the block's or the run's, labels the run's
 # then the block's, env `{**agent settings, PREFECT__FLOW_RUN_ID, **block env}`, None unsets.
 #
@@ -191,7 +191,7 @@ ECS_EXPECTED_FULL = {
         "cluster": "prod",
         "capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
         "networkConfiguration": {"awsvpcConfiguration": {"assignPublicIp": "ENABLED", "securityGroups": []}},
-        # task_customizations, applied last (:1597)
+        # task_customizations, applied last (:1592)
         "propagateTags": "TASK_DEFINITION",
     },
 }
@@ -459,7 +459,7 @@ def test_cloud_run_job_body(block: dict[str, Any], expected: dict[str, Any]) -> 
 
 # -- the request: Process (prefect 2.20.25 src/prefect/infrastructure/process.py) -----------------
 #
-# `run()` (:100-130): `run_process(command, stream_output, env=_get_environment_variables(),
+# `run()` (:101-139): `run_process(command, stream_output, env=_get_environment_variables(),
 # cwd=working_dir or a TemporaryDirectory)`; the env is `{**os.environ, **agent settings,
 # **env}` without nulls (:238-245), the command `[sys.executable, "-m", "prefect.engine"]`
 # (:247-248). Filled at launch on both sides: the temporary directory (flow-agent's process
@@ -611,7 +611,7 @@ def test_aci_container_group(block: dict[str, Any]) -> None:
     payload = render_payload(kind, config, _run_context(), field="customizations", source="fidelity")
     assert (payload["subscription_id"], payload["resource_group"]) == ("sub-123", "rg")
     body = copy.deepcopy(payload["container_group"])
-    # ROW_ACI_NAME: 2.x `<slug of name or the run's name>-<10 random characters>` (:558-570)
+    # ROW_ACI_NAME: 2.x `<slug of name or the run's name>-<10 random characters>` (:558-572)
     # for both; flow-agent Prefect 3's `<slug of the flow's name>-<flow run id>`
     name = f"etl-flow-{RUN_ID}"
     assert payload["container_group_name"] == name
