@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:  # `support` importable whatever the import mode
@@ -25,6 +26,16 @@ from support.server import PrefectServer, start_prefect_server  # noqa: E402
 # Set by .ci/run, which installs PostgreSQL: there, a missing PostgreSQL fails the tests
 # that need it instead of skipping them.
 REQUIRE_POSTGRES = "FLOW_AGENT_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_restored() -> Iterator[None]:
+    """Each test starts with the logging set-up the one before it found: a command invoked
+    in-process (typer's CliRunner) configures structlog at WARNING for the whole process,
+    after which a later test's `capture_logs` never sees an info line."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -192,8 +192,26 @@ def configure_logging(
     return REDACTOR
 
 
+class _LazyLogger:
+    """A logger that takes the logging set-up current at each line, not the one of the time
+    it was made: a module-level logger would otherwise keep the pipeline of whoever
+    configured logging first, and miss a later level, sink or renderer."""
+
+    __slots__ = ("_bound", "_name")
+
+    def __init__(self, name: str, bound: dict[str, Any]) -> None:
+        self._name = name
+        self._bound = bound
+
+    def bind(self, **more: Any) -> _LazyLogger:
+        return _LazyLogger(self._name, {**self._bound, **more})
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(structlog.get_logger(self._name).bind(logger=self._name, **self._bound), method)
+
+
 def get_logger(name: str, **bound: Any) -> Any:
-    return structlog.get_logger(name).bind(logger=name, **bound)
+    return _LazyLogger(name, bound)
 
 
 def set_log_sink(sink: LogSink | None) -> None:
