@@ -183,9 +183,7 @@ def configure_logging(
             SHIPPER,
             _MaskedRenderer(renderer),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

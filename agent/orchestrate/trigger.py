@@ -233,8 +233,13 @@ async def _trigger(
         job_variables=request.job_variables,
         work_queue_name=request.work_queue_name or None,
     )
-    log.info("flow run created", flow_run_id=run.id, flow_run_name=run.name, deployment=ref,
-             parent_task_run_id=parent_task_run_id)
+    log.info(
+        "flow run created",
+        flow_run_id=run.id,
+        flow_run_name=run.name,
+        deployment=ref,
+        parent_task_run_id=parent_task_run_id,
+    )
     if on_update is not None:
         on_update(run)
     if request.timeout == 0:

@@ -110,8 +110,9 @@ async def test_aci_group_matches_prefects_worker(world: World, case: Case) -> No
 
 async def test_aci_gpu_is_sent_where_prefect_drops_it(world: World) -> None:
     """The one deliberate payload difference beyond the launch fills (README): a GPU request."""
-    case = Case("gpu", {**REQUIRED, "image": IMAGE, "gpu_count": 1, "gpu_sku": "V100"},
-                template_edits=[CREDENTIALS])
+    case = Case(
+        "gpu", {**REQUIRED, "image": IMAGE, "gpu_count": 1, "gpu_sku": "V100"}, template_edits=[CREDENTIALS]
+    )
     sides = await both_sides(world, AzureContainerWorker, "azure-container-instance", case, _finish)
     requests = "container_group.properties.containers[0].properties.resources.requests"
     assert_same(sides, {**LAUNCH, requests + ".gpu": "flow-agent sends the GPU request Prefect drops"})

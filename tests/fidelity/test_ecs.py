@@ -21,8 +21,12 @@ LAUNCH = {
     "run_task.startedBy": "flow-agent marks the task with the flow run id",
 }
 # what DescribeTaskDefinition answers for an existing ARN (the cloud boundary)
-DESCRIBED = {"family": "etl", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
-             "containerDefinitions": [{"name": "prefect", "image": "flows:1"}]}
+DESCRIBED = {
+    "family": "etl",
+    "networkMode": "awsvpc",
+    "requiresCompatibilities": ["FARGATE"],
+    "containerDefinitions": [{"name": "prefect", "image": "flows:1"}],
+}
 
 
 async def _finish(config: Any, *, flow_run: Any, pool: Any, **_: Any) -> dict[str, Any]:
@@ -70,8 +74,11 @@ CASES = [
             "task_role_arn": "arn:aws:iam::123456789012:role/task",
             "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
             "vpc_id": "vpc-123",
-            "network_configuration": {"subnets": ["subnet-1"], "securityGroups": ["sg-1"],
-                                      "assignPublicIp": "DISABLED"},
+            "network_configuration": {
+                "subnets": ["subnet-1"],
+                "securityGroups": ["sg-1"],
+                "assignPublicIp": "DISABLED",
+            },
             "configure_cloudwatch_logs": True,
             "cloudwatch_logs_options": {"awslogs-group": "flows"},
             "cloudwatch_logs_prefix": "etl",
@@ -109,12 +116,16 @@ CASES = [
         template_edits=[
             (("job_configuration", "task_run_request", "enableExecuteCommand"), True),
             (("job_configuration", "task_run_request", "tags"), [{"key": "owner", "value": "platform"}]),
-            (("job_configuration", "task_definition", "runtimePlatform"),
-             {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}),
+            (
+                ("job_configuration", "task_definition", "runtimePlatform"),
+                {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
+            ),
         ],
     ),
-    Case("existing-task-definition",
-         {"task_definition_arn": "arn:aws:ecs:us-east-1:1:task-definition/etl:7", "cluster": "prod"}),
+    Case(
+        "existing-task-definition",
+        {"task_definition_arn": "arn:aws:ecs:us-east-1:1:task-definition/etl:7", "cluster": "prod"},
+    ),
 ]
 
 

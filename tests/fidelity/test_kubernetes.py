@@ -63,11 +63,15 @@ CASES = [
         "customized-template",
         {"image": IMAGE},
         template_edits=[
-            (("job_configuration", "job_manifest", "spec", "template", "spec", "nodeSelector"),
-             {"pool": "flows"}),
+            (
+                ("job_configuration", "job_manifest", "spec", "template", "spec", "nodeSelector"),
+                {"pool": "flows"},
+            ),
             (("job_configuration", "job_manifest", "metadata", "labels"), {"owner": "platform"}),
-            (("job_configuration", "job_manifest", "spec", "template", "spec", "containers", 0, "env"),
-             [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}]),
+            (
+                ("job_configuration", "job_manifest", "spec", "template", "spec", "containers", 0, "env"),
+                [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}],
+            ),
         ],
     ),
 ]

@@ -86,9 +86,7 @@ def test_agent_settings_reach_the_flow_and_the_run_carries_worker_labels(
 ) -> None:
     home = tmp_path / "prefect-home"
     home.mkdir()
-    (home / "profiles.toml").write_text(
-        'active = "ops"\n[profiles.ops]\nPREFECT_TASKS_DEFAULT_RETRIES = 2\n'
-    )
+    (home / "profiles.toml").write_text('active = "ops"\n[profiles.ops]\nPREFECT_TASKS_DEFAULT_RETRIES = 2\n')
     out = tmp_path / "env.json"
     script = f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"
     api.create_process_pool(pool)

@@ -70,11 +70,7 @@ def start_prefect_server(
     or with `database_url` (e.g. `postgresql+asyncpg://...`), migrated at start."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _CLEARED and not k.startswith(_CLEARED_PREFIXES)
-    }
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith(_CLEARED_PREFIXES)}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -68,8 +68,12 @@ def test_same_host_live_owner_is_alive_but_a_reused_pid_is_not() -> None:
 
 def test_other_host_owner_judged_by_its_heartbeat() -> None:
     owner = Owner("agent-a", "aaaaaaaaaaaa", "host-a", 1, None)
-    fresh = Worker(name="agent-a", status="ONLINE", last_heartbeat_time=NOW - timedelta(seconds=20),
-                   heartbeat_interval_seconds=10)
+    fresh = Worker(
+        name="agent-a",
+        status="ONLINE",
+        last_heartbeat_time=NOW - timedelta(seconds=20),
+        heartbeat_interval_seconds=10,
+    )
     stale = fresh.model_copy(update={"last_heartbeat_time": NOW - timedelta(seconds=46)})
     offline = fresh.model_copy(update={"status": "OFFLINE"})
     alive = judge(owner, _me(), workers={"agent-a": fresh}, claimed_at=None, now=NOW)

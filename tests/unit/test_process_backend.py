@@ -64,9 +64,7 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
     async def scenario():
         backend = ProcessBackend(BackendOptions(), hostname="here")
         # the shell ignores SIGTERM, so the kill must escalate; its child must die too
-        handle = await backend.launch(
-            _job(f"sh -c 'trap \"\" TERM; sleep 300 & echo $! > {marker}; wait'")
-        )
+        handle = await backend.launch(_job(f"sh -c 'trap \"\" TERM; sleep 300 & echo $! > {marker}; wait'"))
         while not marker.exists() or not marker.read_text().strip():
             await anyio.sleep(0.05)
         grandchild = int(marker.read_text())

@@ -11,9 +11,7 @@ from agent.retry import RetryPolicy, backoff_delay
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
-    delays = [
-        backoff_delay(n, initial=0.5, maximum=8, jitter=0, rng=lambda: 0.5) for n in range(1, 8)
-    ]
+    delays = [backoff_delay(n, initial=0.5, maximum=8, jitter=0, rng=lambda: 0.5) for n in range(1, 8)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
