@@ -28,14 +28,16 @@ from support.server import PrefectServer, start_prefect_server  # noqa: E402
 REQUIRE_POSTGRES = "FLOW_AGENT_REQUIRE_POSTGRES"
 
 
+_PRISTINE_LOGGING = structlog.get_config()
+
+
 @pytest.fixture(autouse=True)
-def _logging_config_restored() -> Iterator[None]:
-    """Each test starts with the logging set-up the one before it found: a command invoked
-    in-process (typer's CliRunner) configures structlog at WARNING for the whole process,
-    after which a later test's `capture_logs` never sees an info line."""
-    saved = structlog.get_config()
+def _pristine_logging() -> Iterator[None]:
+    """Each test starts with structlog's own defaults: a command invoked in-process (typer's
+    CliRunner, in a test or in a module-scoped fixture) configures logging at WARNING for the
+    whole process, after which a later test's `capture_logs` never sees an info line."""
+    structlog.configure(**_PRISTINE_LOGGING)
     yield
-    structlog.configure(**saved)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
