@@ -32,6 +32,7 @@ __all__ = [
     "LaunchError",
     "OutputSink",
     "output_sink",
+    "sent",
 ]
 
 # Where a workload's output goes, one line at a time (already masked, no trailing newline).
@@ -57,6 +58,18 @@ def output_sink(kind: str, flow_run_id: str, given: OutputSink | None = None) ->
         log.info(line, stream="output", ship=_ENGINE_RECORD.match(line) is None)
 
     return emit
+
+
+def sent(emit: OutputSink, line: str, kind: str, flow_run_id: str) -> bool:
+    """Hand one line to a sink; False (said once in the agent log) when the sink failed: a
+    sink's failure must never end the watch of the workload, only its output."""
+    try:
+        emit(line)
+    except Exception as exc:  # noqa: BLE001 - whatever the sink raised
+        log = get_logger(f"agent.backends.{kind}", flow_run_id=flow_run_id)
+        log.warning("the output sink failed; no more output is sent", error=repr(exc))
+        return False
+    return True
 
 
 # The typed runtime options of one kind: what its backend needs beyond the request payload

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, Final
 
 from agent.backends.aci.azure import GroupRef
-from agent.backends.base import BackendError, InfrastructureNotFound, OutputSink
+from agent.backends.base import BackendError, InfrastructureNotFound, OutputSink, sent
 from agent.backends.sdk import SdkCalls
 from agent.observe.logging import REDACTOR, get_logger
 from agent.retry import Retryable
@@ -108,13 +108,10 @@ class Output:
         line = text.rstrip()
         if not line:
             return True
-        try:
-            self.emit(line)
-        except Exception as exc:  # noqa: BLE001 - a sink's failure must not end the watch
-            self.stopped = True
-            log.warning("the output sink failed; no more output is sent", flow_run_id=run_id, error=repr(exc))
-            return False
-        return True
+        if sent(self.emit, line, "aci", run_id):
+            return True
+        self.stopped = True
+        return False
 
     def _unavailable(self, exc: BackendError, run_id: str, *, refused: bool) -> None:
         self.stopped = self.stopped or refused

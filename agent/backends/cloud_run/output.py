@@ -35,7 +35,7 @@ import anyio
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
-from agent.backends.base import BackendError, BackendUnavailable, LaunchError, OutputSink
+from agent.backends.base import BackendError, BackendUnavailable, LaunchError, OutputSink, sent
 from agent.backends.cloud_run.client import Clients, words
 from agent.backends.sdk import SdkCalls
 from agent.observe.logging import REDACTOR, get_logger
@@ -201,13 +201,10 @@ class Output:
             self.seen.popitem(last=False)
 
     def _send(self, line: str, run_id: str) -> bool:
-        try:
-            self.emit(line)
-        except Exception as exc:  # noqa: BLE001 - a sink's failure must not end the watch
-            self.stopped = True
-            log.warning("the output sink failed; no more output is sent", flow_run_id=run_id, error=repr(exc))
-            return False
-        return True
+        if sent(self.emit, line, "cloud_run", run_id):
+            return True
+        self.stopped = True
+        return False
 
     def _unavailable(self, exc: BackendError, run_id: str, *, refused: bool) -> None:
         self.stopped = self.stopped or refused
