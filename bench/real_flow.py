@@ -135,15 +135,29 @@ def median_phases(all_phases: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(p[key] for p in all_phases), 3) for key in all_phases[0]}
 
 
-def tree_pss(pid: int) -> tuple[float, int]:
-    """(PSS in MiB, processes) of pid and its descendants."""
+def tree_pss(pid: int) -> tuple[float, int, dict[str, float]]:
+    """(PSS in MiB, processes, PSS in MiB by role) of pid and its descendants."""
     root = psutil.Process(pid)
-    total, count = 0, 0
+    total, count, roles = 0, 0, {}
     for proc in (root, *root.children(recursive=True)):
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_full_info().pss
+            pss = proc.memory_full_info().pss
+            role = _role(proc, root)
+            roles[role] = roles.get(role, 0.0) + pss / 2**20
+            total += pss
             count += 1
-    return total / 2**20, count
+    return total / 2**20, count, {role: round(mib, 1) for role, mib in sorted(roles.items())}
+
+
+def _role(proc: psutil.Process, root: psutil.Process) -> str:
+    if proc.pid == root.pid:
+        return "agent or worker"
+    line = " ".join(proc.cmdline())
+    if "zygote.py" in line:
+        return "warm engine"
+    if "shim.py" in line or "agent.backends.process.shim" in line:
+        return "supervisors"
+    return "engines"
 
 
 def run_contender(
@@ -190,7 +204,7 @@ def run_contender(
                 for n in range(burst)
             ]
             wait(lambda: all(out.exists() for _, out in made), 180, "every burst run's first line")
-            pss, processes = tree_pss(proc.pid)
+            pss, processes, roles = tree_pss(proc.pid)
             lat = [latency(run, out) for run, out in made]
             wait(lambda: all(ended(api, run["id"]) for run, _ in made), 180, "the burst to end")
             states = [api.call("GET", f"/flow_runs/{run['id']}").json()["state"]["type"] for run, _ in made]
@@ -208,6 +222,7 @@ def run_contender(
         "burst_max_s": round(max(lat), 3),
         "burst_pss_mib": round(pss, 1),
         "burst_processes": processes,
+        "burst_pss_by_role_mib": roles,
         "burst_states": states,
     }
     log(f"{name}: burst p50 {result['burst_p50_s']} s, max {result['burst_max_s']} s, PSS {pss:.0f} MiB")
@@ -260,6 +275,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="real-flow-") as tmp:
         work = Path(tmp if args.keep is None else args.keep)
+        work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         server = start_server(work / "server-home", port, out_dir / "real_flow_server.log")
         api = Api(f"http://127.0.0.1:{port}/api")

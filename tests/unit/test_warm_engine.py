@@ -56,6 +56,7 @@ def test_runs_share_a_warm_engine_only_with_the_same_interpreter_variables() -> 
         {"LANG": "de_DE.UTF-8"},
         {"PYTHONOPTIMIZE": "1"},
         {"LC_ALL": "C"},
+        {"SSL_CERT_FILE": "/etc/corp-ca.pem"},  # Prefect's api.ssl_cert_file default, read at import
     ):
         assert _key({**ENV, **other}) != _key(ENV), other
 
@@ -70,3 +71,64 @@ def test_a_warm_engine_is_stale_once_a_directory_it_imports_from_changes(tmp_pat
     os.utime(site, (site.stat().st_atime, site.stat().st_mtime + 10))  # a package installed
 
     assert zygote.stale()
+
+
+def _zygote_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zygote_under_test", warm.ZYGOTE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prebuilt_tls_contexts_are_each_handed_out_once_for_the_same_file_only(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import ssl
+
+    import certifi
+
+    zygote = _zygote_module()
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setattr(zygote, "_TLS_CONTEXTS", 3)
+    original = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", original)  # put back after the test
+    tls = zygote._tls_contexts()
+    assert tls is not None and tls[0] == str(bundle)
+    prebuilt = list(tls[2])
+
+    zygote._use_tls_contexts(tls)
+    first = ssl.create_default_context(cafile=str(bundle))
+    other = ssl.create_default_context(cafile=certifi.where())  # another file: built as asked
+    insecure = ssl.create_default_context()
+    second = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(bundle))
+
+    assert first in prebuilt and second in prebuilt and first is not second
+    assert other not in prebuilt and insecure not in prebuilt
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    assert first.cert_store_stats() == other.cert_store_stats()
+
+    bundle.write_bytes(bundle.read_bytes() + b"\n")  # changed since: built from the file as it is
+    changed = ssl.create_default_context(cafile=str(bundle))
+    assert changed not in prebuilt and len(tls[2]) == 1
+
+
+def test_the_original_function_is_back_once_the_prebuilt_contexts_are_used_up(monkeypatch) -> None:
+    import ssl
+
+    zygote = _zygote_module()
+    monkeypatch.setattr(zygote, "_TLS_CONTEXTS", 2)
+    original = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", original)
+    tls = zygote._tls_contexts()
+    assert tls is not None
+    zygote._use_tls_contexts(tls)
+
+    taken = [ssl.create_default_context(cafile=tls[0]) for _ in range(3)]
+
+    assert len({id(context) for context in taken}) == 3 and not tls[2]
+    assert ssl.create_default_context is original

@@ -9,11 +9,12 @@ line and the memory it shares differ.
 Warm only when nothing can differ: the command is exactly the default engine command with
 the agent's own Python (another Python starts cold, said once; a custom command simply runs
 as given), and the engine was started with the run's own values of the variables that shape
-an interpreter at its start (PYTHON*, the locale): runs that differ in them get an engine of
-their own (two at most). Any trouble with a warm engine (it failed to start, died, refused
-or did not answer) starts the run cold and is said once; a failed engine is tried again
-after _RETRY_AFTER. An engine is rebuilt when a directory it imports from changes (a
-package installed or upgraded), as a cold start would see the change.
+an interpreter at its start (PYTHON*, the locale) or that Prefect reads at import
+(SSL_CERT_FILE): runs that differ in them get an engine of their own (two at most). Any
+trouble with a warm engine (it failed to start, died, refused or did not answer) starts the
+run cold and is said once; a failed engine is tried again after _RETRY_AFTER. An engine is
+rebuilt when a directory it imports from changes (a package installed or upgraded), as a
+cold start would see the change.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine fail
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
 _ORPHAN_POLL: Final = 0.2
 _MAX_ENGINES: Final = 2  # warm engines for different interpreter variables at once
+# read once, when the interpreter starts or Prefect is imported (SSL_CERT_FILE is the default
+# of Prefect's `api.ssl_cert_file`, taken at import): never re-read in a fork
+_AT_IMPORT: Final = ("LANG", "LANGUAGE", "SSL_CERT_FILE")
 _ENGINE_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PREFECT_HOME", "PREFECT_PROFILE")
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
@@ -55,11 +59,9 @@ Key = frozenset[tuple[str, str]]
 
 
 def _key(env: Mapping[str, str]) -> Key:
-    """The variables an interpreter reads at its start (a fork would not see them change):
-    runs that differ in them never share a warm engine."""
-    return frozenset(
-        (k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")
-    )
+    """The variables read at an interpreter's start or at Prefect's import (a fork would not
+    see them change): runs that differ in them never share a warm engine."""
+    return frozenset((k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in _AT_IMPORT)
 
 
 class WarmProcess:
@@ -225,7 +227,8 @@ class WarmEngine:
         # at most _MAX_ENGINES, the least recently used retired to make room.
         if self._zygotes:
             self._say_once(
-                "another", "a run with other PYTHON* or locale variables gets a warm engine of its own"
+                "another",
+                "a run with other PYTHON*, locale or SSL_CERT_FILE values gets a warm engine of its own",
             )
         while len(self._zygotes) >= _MAX_ENGINES:
             self._retire(next(iter(self._zygotes.values())))

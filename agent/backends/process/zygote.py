@@ -26,6 +26,7 @@ whatever a flow imports is imported in its own fork, where a slow import delays 
 run. Standard library and Prefect only; nothing of the agent.
 """
 
+import functools
 import gc
 import json
 import os
@@ -41,6 +42,9 @@ _PLACEHOLDERS = ("<ctl>", "<status>", "<relay>")
 
 def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
+    # passed to us inheritable: no supervisor may keep it open (the agent would not see EOF
+    # when this process dies while a run it forked is still going)
+    sock.set_inheritable(False)
     del sys.path[0]  # this file's directory: never a place to import from
     try:
         os.close(os.pidfd_open(os.getpid()))  # Linux >= 5.3: how we learn of each exit
@@ -51,6 +55,7 @@ def main(argv):
         import prefect.flow_engine  # noqa: F401
 
         _preload()
+        tls = _tls_contexts()
         if threading.active_count() != 1:  # e.g. a sitecustomize that starts a thread
             raise RuntimeError(
                 f"{threading.active_count()} threads after importing prefect; forking needs one"
@@ -63,7 +68,7 @@ def main(argv):
     gc.freeze()  # what the forks share stays shared: the collector never writes to it
     _send(sock, {"ready": True, "paths": paths, "version": prefect.__version__})
     run = _serve(sock)
-    return 0 if run is None else _run_engine(*run)
+    return 0 if run is None else _run_engine(*run, tls=tls)
 
 
 # What an engine imports after `prefect.engine` on its way to the flow's first line (measured
@@ -90,6 +95,57 @@ def _preload():
         # another Prefect version may lack one: the run imports what it needs itself
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+
+
+# Prefect builds one TLS context per API client (prefect.client, prefect._internal.websockets,
+# httpx), from SSL_CERT_FILE or else certifi's bundle: ~20 ms of CPU each, nine on an
+# engine's way to the flow's first line (3.8.8), even for an http:// API. Each fork inherits
+# this many, built here once; each is handed out once, so no context is ever shared, and
+# each is what the call would have built from the same unchanged file.
+_TLS_CONTEXTS = 12
+
+
+def _tls_contexts():
+    import ssl
+
+    try:
+        import certifi
+
+        bundle = os.environ.get("SSL_CERT_FILE") or certifi.where()
+        stamp = _stamp(bundle)
+        return bundle, stamp, [ssl.create_default_context(cafile=bundle) for _ in range(_TLS_CONTEXTS)]
+    except Exception:  # noqa: BLE001 - no certifi, no bundle: every run builds its own
+        return None
+
+
+def _stamp(path):
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _use_tls_contexts(tls):
+    """In an engine's fork: `ssl.create_default_context(cafile=<that bundle>)` takes a
+    prebuilt context while there are some left and the file is unchanged, then the original
+    function is back in place."""
+    import ssl
+
+    bundle, stamp, contexts = tls
+    original = ssl.create_default_context
+
+    @functools.wraps(original)
+    def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+        if purpose is ssl.Purpose.SERVER_AUTH and cafile == bundle and capath is None and cadata is None:
+            try:
+                if _stamp(bundle) == stamp:
+                    return contexts.pop()
+            except (OSError, IndexError):  # gone, or another thread took the last one
+                pass
+            finally:
+                if not contexts:
+                    ssl.create_default_context = original
+        return original(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+    ssl.create_default_context = create_default_context
 
 
 def _send(sock, message):
@@ -199,7 +255,7 @@ def _supervisor(sock, request, fds):
     os._exit(127)
 
 
-def _run_engine(request, go_r, out):
+def _run_engine(request, go_r, out, tls):
     """In the engine's fork: wait for "go", become the run's interpreter, run the engine."""
     target = out if out >= 0 else os.open(os.devnull, os.O_WRONLY)
     os.dup2(target, 1)
@@ -213,6 +269,8 @@ def _run_engine(request, go_r, out):
     os.environ.clear()
     os.environ.update(env)
     time.tzset()
+    if tls is not None and "SSLKEYLOGFILE" not in env:  # a key log is set up per context
+        _use_tls_contexts(tls)
     if not env.get("PYTHONSAFEPATH"):  # what `python -m` puts first: the working directory
         sys.path.insert(0, os.getcwd())
     import runpy
