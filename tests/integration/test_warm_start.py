@@ -235,10 +235,9 @@ def test_a_warm_run_behaves_as_a_cold_one(api: PrefectAPI, pool: str, start_agen
         )
         assert warm_logs == cold_logs, (mode, set(warm_logs) ^ set(cold_logs))
 
-    engine = psutil.Process(results["warm"]["ok"][1]["supervisor_parent"])
-    assert not {"PARITY_JOB", "PREFECT__FLOW_RUN_ID"} & set(engine.environ()), (
-        "no run's own env in the warm engine"
-    )
+    engine = psutil.Process(results["warm"]["ok"][1]["supervisor_parent"]).environ()
+    assert engine["PARITY_JOB"] == "from-the-job", "the engine has its runs' environment"
+    assert not [name for name in engine if name.startswith("PREFECT__")], "but no run's ids or token"
 
     states = {mode: state_type(run) for mode, (run, _) in results["warm"].items()}
     assert states == {"ok": "COMPLETED", "fail": "FAILED", "kill": "CRASHED", "sleep": "CANCELLED"}
@@ -246,6 +245,46 @@ def test_a_warm_run_behaves_as_a_cold_one(api: PrefectAPI, pool: str, start_agen
     assert all(facts["env"]["PARITY_JOB"] == "from-the-job" for facts in (warm, cold))
     assert warm["retries"] == 2 and warm["log_level"] == "DEBUG"
     assert warm["ssl_cert_file"] == JOB_ENV["SSL_CERT_FILE"]
+
+
+def test_a_warm_run_reads_the_settings_files_of_its_own_directory_and_a_changed_profile(
+    api: PrefectAPI, pool: str, start_agent, tmp_path: Path
+) -> None:
+    """The warm engine built Prefect's settings at import; a run whose working directory has
+    a prefect.toml, or whose profiles file changed since, builds its own as a cold one would."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "parity"\n[profiles.parity]\nPREFECT_TASKS_DEFAULT_RETRIES = "1"\n')
+    with_toml = tmp_path / "with-toml"
+    with_toml.mkdir()
+    (with_toml / "prefect.toml").write_text("[tasks]\ndefault_retries = 4\n")
+    flow_dir = tmp_path / "flow"
+    deployment = parity_deployment(api, pool, flow_dir)
+    plain = api.create_deployment(
+        api.create_flow("parity"),
+        f"{pool}-profile",
+        pool,
+        entrypoint="flows.py:parity",
+        path=str(flow_dir),
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(flow_dir)}}],
+        job_variables={"env": {"PREFECT_PROFILES_PATH": str(profiles)}},
+    )
+    agent = start_agent(pool)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(deployment_id: str, name: str, **job_variables: Any) -> dict[str, Any]:
+        params = {"mode": "ok", "out": str(out / f"{name}.json")}
+        run_id = api.create_flow_run(deployment_id, parameters=params, job_variables=job_variables)["id"]
+        assert state_type(api.wait_for_state(run_id, *TERMINAL, timeout=120)) == "COMPLETED", name
+        facts = json.loads((out / f"{name}.json").read_text())
+        assert agent.process is not None and facts["supervisor_parent"] != agent.process.pid, f"{name} warm"
+        return facts
+
+    assert run(plain, "profile")["retries"] == 1
+    assert run(plain, "toml", working_dir=str(with_toml))["retries"] == 4  # prefect.toml beats a profile
+    profiles.write_text('active = "parity"\n[profiles.parity]\nPREFECT_TASKS_DEFAULT_RETRIES = "6"\n')
+    assert run(plain, "changed-profile")["retries"] == 6
+    assert run(deployment, "job-env")["retries"] == 2  # JOB_ENV's: another environment, its own engine
 
 
 # Started in the warm engine only: a thread there makes forking unsafe, so it refuses.

@@ -49,14 +49,17 @@ def test_another_python_is_said_once_a_custom_command_not_at_all(monkeypatch) ->
     assert said.lines == ["runs with another Python than the agent's start cold"]
 
 
-def test_runs_share_a_warm_engine_only_with_the_same_interpreter_variables() -> None:
-    assert _key({**ENV, "PREFECT_LOGGING_LEVEL": "DEBUG", "PREFECT__FLOW_RUN_ID": "1"}) == _key(ENV)
+def test_runs_share_a_warm_engine_only_with_the_same_environment_but_for_run_variables() -> None:
+    run = {"PREFECT__FLOW_RUN_ID": "1", "PREFECT__CONTROL_TOKEN": "t", "PREFECT__FLOW_NAME": "f"}
+    assert _key({**ENV, **run}) == _key(ENV)
+    assert not any(name.startswith("PREFECT__") for name, _ in _key({**ENV, **run}))
     for other in (
         {"PYTHONPATH": "/elsewhere"},
         {"LANG": "de_DE.UTF-8"},
-        {"PYTHONOPTIMIZE": "1"},
-        {"LC_ALL": "C"},
         {"SSL_CERT_FILE": "/etc/corp-ca.pem"},  # Prefect's api.ssl_cert_file default, read at import
+        {"PREFECT_LOGGING_LEVEL": "DEBUG"},
+        {"NO_COLOR": "1"},  # read by the console handler Prefect's logging builds
+        {"JOB_VARIABLE": "x"},
     ):
         assert _key({**ENV, **other}) != _key(ENV), other
 

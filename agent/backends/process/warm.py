@@ -8,13 +8,16 @@ line and the memory it shares differ.
 
 Warm only when nothing can differ: the command is exactly the default engine command with
 the agent's own Python (another Python starts cold, said once; a custom command simply runs
-as given), and the engine was started with the run's own values of the variables that shape
-an interpreter at its start (PYTHON*, the locale) or that Prefect reads at import
-(SSL_CERT_FILE): runs that differ in them get an engine of their own (two at most). Any
-trouble with a warm engine (it failed to start, died, refused or did not answer) starts the
-run cold and is said once; a failed engine is tried again after _RETRY_AFTER. An engine is
-rebuilt when a directory it imports from changes (a package installed or upgraded), as a
-cold start would see the change.
+as given), and the engine was started with the run's own environment but for its run
+variables (PREFECT__*: ids, the control token), which neither the interpreter nor Prefect's
+settings read. So the engine imported Prefect, read its settings and set up its logging as
+the run's own cold start would; a fork keeps them (zygote.py checks the same sources once
+more), and runs whose environments differ otherwise (another deployment's job env) get an
+engine of their own: _MAX_ENGINES at most, the least recently used retired. No engine holds
+another run's environment, and none any run's ids or token. Any trouble with a warm engine
+(it failed to start, died, refused or did not answer) starts the run cold and is said once;
+a failed engine is tried again after _RETRY_AFTER. An engine is rebuilt when a directory it
+imports from changes (a package installed or upgraded), as a cold start would see the change.
 """
 
 from __future__ import annotations
@@ -46,11 +49,8 @@ _ANSWER_TIMEOUT: Final = 10.0  # seconds for a fork's pid
 _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine failed
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
 _ORPHAN_POLL: Final = 0.2
-_MAX_ENGINES: Final = 2  # warm engines for different interpreter variables at once
-# read once, when the interpreter starts or Prefect is imported (SSL_CERT_FILE is the default
-# of Prefect's `api.ssl_cert_file`, taken at import): never re-read in a fork
-_AT_IMPORT: Final = ("LANG", "LANGUAGE", "SSL_CERT_FILE")
-_ENGINE_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PREFECT_HOME", "PREFECT_PROFILE")
+_MAX_ENGINES: Final = 3  # warm engines for different environments at once
+_RUN_VARIABLES: Final = "PREFECT__"  # a run's context for the engine (zygote.py's), not settings
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -59,9 +59,8 @@ Key = frozenset[tuple[str, str]]
 
 
 def _key(env: Mapping[str, str]) -> Key:
-    """The variables read at an interpreter's start or at Prefect's import (a fork would not
-    see them change): runs that differ in them never share a warm engine."""
-    return frozenset((k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in _AT_IMPORT)
+    """A run's environment but for its run variables: what its engine is started with."""
+    return frozenset((k, v) for k, v in env.items() if not k.startswith(_RUN_VARIABLES))
 
 
 class WarmProcess:
@@ -219,20 +218,13 @@ class WarmEngine:
         return zygote
 
     async def _start(self, key: Key, env: Mapping[str, str]) -> None:
-        # The engine imports Prefect with the interpreter variables and the few that say
-        # where Prefect's home and profile are, taken from the first run it serves; nothing
-        # else of that run (its job's secrets would show in every fork's /proc environ).
-        # Each fork takes its own run's whole environment before it runs. Runs whose
-        # interpreter variables differ (a deployment's PYTHONPATH) get their own engine:
-        # at most _MAX_ENGINES, the least recently used retired to make room.
+        # The engine imports Prefect with exactly the environment of the runs it serves, but
+        # for their run variables; each fork takes its own run's whole environment.
         if self._zygotes:
-            self._say_once(
-                "another",
-                "a run with other PYTHON*, locale or SSL_CERT_FILE values gets a warm engine of its own",
-            )
+            self._say_once("another", "runs with another environment get a warm engine of their own")
         while len(self._zygotes) >= _MAX_ENGINES:
             self._retire(next(iter(self._zygotes.values())))
-        base = {**{k: env[k] for k in _ENGINE_ENV if k in env}, **dict(key)}
+        base = dict(key)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = await asyncio.create_subprocess_exec(
