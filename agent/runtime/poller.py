@@ -128,10 +128,12 @@ class Poller:
             scheduled = await self._poll_pool(name, limit, stop)
             if scheduled is None:
                 continue
-            won = await self._claim_all(name, self.spread.plan(name, scheduled), stop, runs)
+            plan = self.spread.plan(name, scheduled)
+            won = await self._claim_all(name, plan, stop, runs)
             full = len(scheduled) >= (limit or SERVER_PAGE)
             # a full page of runs all left to others (a dead peer's backlog) is no reason to hurry
             again |= self.spread.backing_off(name) or (won > 0 and (full or self.spread.capped(name)))
+            log.debug("polled", pool=name, page=len(scheduled), planned=len(plan), won=won, again=again)
         return again
 
     async def _look_at_peers(self, name: str, stop: anyio.Event) -> None:

@@ -135,3 +135,24 @@ def test_the_original_function_is_back_once_the_prebuilt_contexts_are_used_up(mo
 
     assert len({id(context) for context in taken}) == 3 and not tls[2]
     assert ssl.create_default_context is original
+
+
+def test_runs_of_new_environments_start_cold_while_engines_churn(monkeypatch) -> None:
+    import anyio
+
+    said = _Log()
+    monkeypatch.setattr(warm, "log", said)
+
+    async def main() -> None:
+        engine = WarmEngine(_spawn)  # spawning anything would fail the test
+        now = anyio.current_time()
+        engine._starts = [now - 1.0] * warm._CHURN_STARTS
+        assert await engine._ready({**ENV, "JOB_RUN": "1"}) is None
+        assert await engine._ready({**ENV, "JOB_RUN": "2"}) is None
+        engine._starts = [now - warm._CHURN_WINDOW - 1.0] * warm._CHURN_STARTS
+        assert not engine._churning()
+
+    anyio.run(main)
+    assert said.lines == [
+        "run environments change too often for warm engines; runs of a new environment start cold"
+    ]

@@ -14,7 +14,9 @@ settings read. So the engine imported Prefect, read its settings and set up its 
 the run's own cold start would; a fork keeps them (zygote.py checks the same sources once
 more), and runs whose environments differ otherwise (another deployment's job env) get an
 engine of their own: _MAX_ENGINES at most, the least recently used retired. No engine holds
-another run's environment, and none any run's ids or token. Any trouble with a warm engine
+another run's environment, and none any run's ids or token; when new environments come too
+often for engines to pay off (a job env that differs run by run), their runs start cold.
+Any trouble with a warm engine
 (it failed to start, died, refused or did not answer) starts the run cold and is said once;
 a failed engine is tried again after _RETRY_AFTER. An engine is rebuilt when a directory it
 imports from changes (a package installed or upgraded), as a cold start would see the change.
@@ -50,6 +52,8 @@ _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine fail
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
 _ORPHAN_POLL: Final = 0.2
 _MAX_ENGINES: Final = 3  # warm engines for different environments at once
+_CHURN_STARTS: Final = 2 * _MAX_ENGINES  # engines started within _CHURN_WINDOW: enough
+_CHURN_WINDOW: Final = 600.0
 _RUN_VARIABLES: Final = "PREFECT__"  # a run's context for the engine (zygote.py's), not settings
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
@@ -129,6 +133,7 @@ class WarmEngine:
         self._retired: list[_Zygote] = []
         self._started: list[_Zygote] = []  # every engine process not yet waited for (aclose)
         self._ids = itertools.count(1)
+        self._starts: list[float] = []  # when engines were started, within _CHURN_WINDOW
         self._said: set[str] = set()
 
     # -- when ---------------------------------------------------------------------------------
@@ -144,6 +149,22 @@ class WarmEngine:
                 "python", "runs with another Python than the agent's start cold", python=command[0]
             )
             return False
+        return True
+
+    def _churning(self) -> bool:
+        """Engines were started for new environments too often lately (a job env that
+        differs run by run): each would serve a run or two, for the price of a cold start
+        and an import more. Runs of a new environment start cold until it calms down."""
+        now = anyio.current_time()
+        self._starts = [at for at in self._starts if now - at < _CHURN_WINDOW]
+        if len(self._starts) < _CHURN_STARTS:
+            return False
+        self._say_once(
+            "churn",
+            "run environments change too often for warm engines; runs of a new environment start cold",
+            started=len(self._starts),
+            within_seconds=_CHURN_WINDOW,
+        )
         return True
 
     def _say_once(self, reason: str, message: str, *, level: str = "info", **fields: Any) -> None:
@@ -191,8 +212,8 @@ class WarmEngine:
         return child
 
     async def _ready(self, env: Mapping[str, str]) -> _Zygote | None:
-        """The warm engine for this run's interpreter variables, started (and waited for) if
-        there is none yet; None: start the run cold."""
+        """The warm engine for this run's environment, started (and waited for) if there is
+        none yet; None: start the run cold."""
         key = _key(env)
         zygote = self._zygotes.get(key)
         if zygote is not None and zygote.ready.is_set() and zygote.stale():
@@ -200,6 +221,8 @@ class WarmEngine:
             self._retire(zygote)
         if key not in self._zygotes:
             if self._failed_at is not None and anyio.current_time() - self._failed_at < _RETRY_AFTER:
+                return None
+            if self._churning():
                 return None
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
@@ -225,6 +248,7 @@ class WarmEngine:
         while len(self._zygotes) >= _MAX_ENGINES:
             self._retire(next(iter(self._zygotes.values())))
         base = dict(key)
+        self._starts.append(anyio.current_time())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = await asyncio.create_subprocess_exec(
