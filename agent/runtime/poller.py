@@ -40,7 +40,7 @@ from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
 
-__all__ = ["Poller"]
+__all__ = ["Poller", "crowded"]
 
 log = get_logger("agent.runtime.poller")
 
@@ -50,6 +50,17 @@ _BACKLOG_EVERY = 5.0  # seconds at least between looks at the backlog (two reque
 _GRACE_INTERVALS = 2.0
 _SUSPEND_SECONDS = 60.0  # an owner that left its share: counted out this long (at least)
 _PEERS_EVERY = 10.0  # seconds at least between reads of a pool's worker rows
+_SOON = (0.2, 1.0)  # seconds before polling again after an empty page with runs due
+_SOON_TRIES = 3
+
+
+def crowded(empty_pages: int, due: int) -> bool:
+    """Whether to poll a pool again soon: its page came back empty while its runs are due.
+    On PostgreSQL the server reads a page `FOR UPDATE SKIP LOCKED`, so agents polling at the
+    same moment get disjoint pages, and one can get none at all while the others hold them;
+    its share would then wait a whole interval (or the others' takeover grace). A few times
+    only: a paused queue or a queue's concurrency limit also gives empty pages with runs due."""
+    return 0 < empty_pages <= _SOON_TRIES and due > 0
 
 
 class Poller:
@@ -91,6 +102,8 @@ class Poller:
         self._failing: set[str] = set()  # pools whose last poll failed: said once per outage
         self._wake = anyio.Event()
         self._backlog_at: float | None = None  # monotonic time of the last look at the backlog
+        self._due: dict[str, int] = {}  # pool -> due runs at the last look at the backlog
+        self._empty: dict[str, int] = {}  # pool -> empty pages in a row
         self.limit_full = False  # due runs are waiting for this agent's --limit
 
     def wake(self) -> None:
@@ -112,7 +125,9 @@ class Poller:
             full = await self.poll_once(stop, runs)
             await self.look_at_backlog(stop)
             if not full:
-                with anyio.move_on_after(self._interval * random.uniform(0.9, 1.1)):
+                pause = self._interval * random.uniform(0.9, 1.1)
+                pause = random.uniform(*_SOON) if self._crowded() else pause
+                with anyio.move_on_after(pause):
                     await first_completed(stop.wait, self._wake.wait)
 
     async def poll_once(self, stop: anyio.Event, runs: TaskGroup) -> bool:
@@ -128,6 +143,7 @@ class Poller:
             scheduled = await self._poll_pool(name, limit, stop)
             if scheduled is None:
                 continue
+            self._empty[name] = 0 if scheduled else self._empty.get(name, 0) + 1
             plan = self.spread.plan(name, scheduled)
             won = await self._claim_all(name, plan, stop, runs)
             full = len(scheduled) >= (limit or SERVER_PAGE)
@@ -135,6 +151,9 @@ class Poller:
             again |= self.spread.backing_off(name) or (won > 0 and (full or self.spread.capped(name)))
             log.debug("polled", pool=name, page=len(scheduled), planned=len(plan), won=won, again=again)
         return again
+
+    def _crowded(self) -> bool:
+        return any(crowded(self._empty.get(name, 0), self._due.get(name, 0)) for name in self._pools.names)
 
     async def _look_at_peers(self, name: str, stop: anyio.Event) -> None:
         """Read who else serves the pool (its live worker rows), now and then or when a lost
@@ -168,6 +187,7 @@ class Poller:
                 log.debug("could not read the backlog", pool=name, error=str(exc))
                 continue
             self._metrics.set_backlog(name, backlog.due, backlog.oldest_age(at))
+            self._due[name] = backlog.due
             waiting += backlog.due
         self._note_limit(waiting)
 

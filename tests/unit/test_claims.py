@@ -322,3 +322,13 @@ def test_live_agents_are_the_rows_still_heartbeating() -> None:
         Worker(name="never"),
     ]
     assert live_agents(rows, now) == {"fresh", "late-but-alive"}
+
+
+def test_an_empty_page_with_runs_due_is_polled_again_soon_a_few_times() -> None:
+    from agent.runtime.poller import crowded
+
+    assert crowded(empty_pages=1, due=400)  # another agent's poll held the page (PostgreSQL)
+    assert crowded(empty_pages=3, due=1)
+    assert not crowded(empty_pages=4, due=400)  # a paused queue, a queue's limit: the interval
+    assert not crowded(empty_pages=1, due=0)
+    assert not crowded(empty_pages=0, due=400)  # the page had runs: the usual rules
