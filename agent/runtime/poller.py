@@ -50,17 +50,18 @@ _BACKLOG_EVERY = 5.0  # seconds at least between looks at the backlog (two reque
 _GRACE_INTERVALS = 2.0
 _SUSPEND_SECONDS = 60.0  # an owner that left its share: counted out this long (at least)
 _PEERS_EVERY = 10.0  # seconds at least between reads of a pool's worker rows
-_SOON = (0.2, 1.0)  # seconds before polling again after an empty page with runs due
+_SOON = (0.2, 1.0)  # seconds before polling again after a page with nothing to claim, runs due
 _SOON_TRIES = 3
 
 
-def crowded(empty_pages: int, due: int) -> bool:
-    """Whether to poll a pool again soon: its page came back empty while its runs are due.
-    On PostgreSQL the server reads a page `FOR UPDATE SKIP LOCKED`, so agents polling at the
-    same moment get disjoint pages, and one can get none at all while the others hold them;
-    its share would then wait a whole interval (or the others' takeover grace). A few times
-    only: a paused queue or a queue's concurrency limit also gives empty pages with runs due."""
-    return 0 < empty_pages <= _SOON_TRIES and due > 0
+def crowded(fruitless_pages: int, due: int) -> bool:
+    """Whether to poll a pool again soon: its page had nothing for us to claim while its
+    runs are due. On PostgreSQL the server reads a page `FOR UPDATE SKIP LOCKED`, so while
+    other agents poll, their pages are left out of ours: we may get none at all, or only
+    others' runs while ours are held. Our share would then wait a whole interval (or the
+    others' takeover grace). A few times only: runs left to a dead agent, a paused queue or a
+    queue's concurrency limit give the same picture, and are not worth more."""
+    return 0 < fruitless_pages <= _SOON_TRIES and due > 0
 
 
 class Poller:
@@ -103,7 +104,7 @@ class Poller:
         self._wake = anyio.Event()
         self._backlog_at: float | None = None  # monotonic time of the last look at the backlog
         self._due: dict[str, int] = {}  # pool -> due runs at the last look at the backlog
-        self._empty: dict[str, int] = {}  # pool -> empty pages in a row
+        self._fruitless: dict[str, int] = {}  # pool -> pages in a row with nothing to claim
         self.limit_full = False  # due runs are waiting for this agent's --limit
 
     def wake(self) -> None:
@@ -143,17 +144,21 @@ class Poller:
             scheduled = await self._poll_pool(name, limit, stop)
             if scheduled is None:
                 continue
-            self._empty[name] = 0 if scheduled else self._empty.get(name, 0) + 1
             plan = self.spread.plan(name, scheduled)
+            self._fruitless[name] = 0 if plan else self._fruitless.get(name, 0) + 1
             won = await self._claim_all(name, plan, stop, runs)
             full = len(scheduled) >= (limit or SERVER_PAGE)
-            # a full page of runs all left to others (a dead peer's backlog) is no reason to hurry
-            again |= self.spread.backing_off(name) or (won > 0 and (full or self.spread.capped(name)))
+            # a full page of runs all left to others (a dead peer's backlog) is no reason to
+            # hurry; a shared page we won from is: on PostgreSQL a page leaves out the runs
+            # other agents' polls held at that moment, some of them perhaps ours
+            hurry = full or len(plan) < len(scheduled) or self.spread.capped(name)
+            again |= self.spread.backing_off(name) or (won > 0 and hurry)
             log.debug("polled", pool=name, page=len(scheduled), planned=len(plan), won=won, again=again)
         return again
 
     def _crowded(self) -> bool:
-        return any(crowded(self._empty.get(name, 0), self._due.get(name, 0)) for name in self._pools.names)
+        pools = self._pools.names
+        return any(crowded(self._fruitless.get(name, 0), self._due.get(name, 0)) for name in pools)
 
     async def _look_at_peers(self, name: str, stop: anyio.Event) -> None:
         """Read who else serves the pool (its live worker rows), now and then or when a lost

@@ -324,11 +324,11 @@ def test_live_agents_are_the_rows_still_heartbeating() -> None:
     assert live_agents(rows, now) == {"fresh", "late-but-alive"}
 
 
-def test_an_empty_page_with_runs_due_is_polled_again_soon_a_few_times() -> None:
+def test_a_page_with_nothing_to_claim_while_runs_are_due_is_polled_again_soon_a_few_times() -> None:
     from agent.runtime.poller import crowded
 
-    assert crowded(empty_pages=1, due=400)  # another agent's poll held the page (PostgreSQL)
-    assert crowded(empty_pages=3, due=1)
-    assert not crowded(empty_pages=4, due=400)  # a paused queue, a queue's limit: the interval
-    assert not crowded(empty_pages=1, due=0)
-    assert not crowded(empty_pages=0, due=400)  # the page had runs: the usual rules
+    assert crowded(fruitless_pages=1, due=400)  # other agents' polls held the runs (PostgreSQL)
+    assert crowded(fruitless_pages=3, due=1)
+    assert not crowded(fruitless_pages=4, due=400)  # a paused queue, a dead agent's share: the interval
+    assert not crowded(fruitless_pages=1, due=0)
+    assert not crowded(fruitless_pages=0, due=400)  # something was claimed: the usual rules
