@@ -98,7 +98,7 @@ class Agent:
         self.slots = Slots(settings.limit)
         self.jobs = JobBuilder.from_settings(api, settings, environ=environ, on_secret=REDACTOR.add)
         self.audit = StartAudit(
-            api, interval=settings.cancel_check_interval, busy=lambda: self.poller.claiming
+            api, interval=settings.cancel_check_interval, busy=lambda: self.poller.draining
         )
         self.owner = Owner.me(settings.name)
         self.stop = anyio.Event()

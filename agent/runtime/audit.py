@@ -39,8 +39,8 @@ class StartAudit:
         self._api = api
         self._interval = interval
         # A bulk state change holds the SQLite write lock for a while; during a claim
-        # burst it would slow every claim down. The check waits for a quiet moment, but
-        # never more than a few intervals.
+        # burst (ours, or other agents' on the same pools) it would slow every claim down.
+        # The check waits for a quiet moment, but never more than a few intervals.
         self._busy = busy
         self._queue: list[str] = []
 

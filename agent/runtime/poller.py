@@ -156,6 +156,12 @@ class Poller:
             log.debug("polled", pool=name, page=len(scheduled), planned=len(plan), won=won, again=again)
         return again
 
+    @property
+    def draining(self) -> bool:
+        """Claims are being made from our pools: by us now, or by anyone while their last
+        look at the backlog found runs due (other agents on the pool claim too)."""
+        return self.claiming or any(due > 0 for due in self._due.values())
+
     def _crowded(self) -> bool:
         pools = self._pools.names
         return any(crowded(self._fruitless.get(name, 0), self._due.get(name, 0)) for name in pools)
