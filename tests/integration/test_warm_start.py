@@ -136,14 +136,21 @@ def parity_deployment(api: PrefectAPI, pool: str, flow_dir: Path) -> str:
     flow_dir.mkdir(parents=True)
     (flow_dir / "flows.py").write_text(PARITY_FLOW)
     api.create_process_pool(pool)
+    return another_parity_deployment(api, pool, flow_dir, "parity", JOB_ENV)
+
+
+def another_parity_deployment(
+    api: PrefectAPI, pool: str, flow_dir: Path, name: str, env: dict[str, str]
+) -> str:
+    """One more deployment of the parity flow already in `flow_dir`, with its own job env."""
     return api.create_deployment(
         api.create_flow("parity"),
-        f"{pool}-parity",
+        f"{pool}-{name}",
         pool,
         entrypoint="flows.py:parity",
         path=str(flow_dir),
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(flow_dir)}}],
-        job_variables={"env": JOB_ENV},
+        job_variables={"env": env},
     )
 
 
@@ -259,15 +266,8 @@ def test_a_warm_run_reads_the_settings_files_of_its_own_directory_and_a_changed_
     (with_toml / "prefect.toml").write_text("[tasks]\ndefault_retries = 4\n")
     flow_dir = tmp_path / "flow"
     deployment = parity_deployment(api, pool, flow_dir)
-    plain = api.create_deployment(
-        api.create_flow("parity"),
-        f"{pool}-profile",
-        pool,
-        entrypoint="flows.py:parity",
-        path=str(flow_dir),
-        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(flow_dir)}}],
-        job_variables={"env": {"PREFECT_PROFILES_PATH": str(profiles)}},
-    )
+    profile_env = {"PREFECT_PROFILES_PATH": str(profiles)}
+    plain = another_parity_deployment(api, pool, flow_dir, "profile", profile_env)
     agent = start_agent(pool)
     out = tmp_path / "out"
     out.mkdir()
