@@ -154,7 +154,7 @@ def _use_tls_contexts(tls):
 # Prefect builds its settings from the environment, the profiles file and these files in the
 # working directory (3.8.8: settings/base.py), and its logging from the settings and its
 # logging file. Built at import here, they are what a run would build, as long as all these
-# are the same for it: ~90 ms and ~8 MiB of private memory a fork then saves.
+# are the same for it: ~90 ms and ~3 MiB of private memory a fork then saves.
 _CWD_SETTINGS = (".env", "prefect.toml", "pyproject.toml")
 
 
