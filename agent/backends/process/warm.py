@@ -15,11 +15,11 @@ the run's own cold start would; a fork keeps them (zygote.py checks the same sou
 more), and runs whose environments differ otherwise (another deployment's job env) get an
 engine of their own: _MAX_ENGINES at most, the least recently used retired. No engine holds
 another run's environment, and none any run's ids or token; when new environments come too
-often for engines to pay off (a job env that differs run by run), their runs start cold.
-Any trouble with a warm engine
-(it failed to start, died, refused or did not answer) starts the run cold and is said once;
-a failed engine is tried again after _RETRY_AFTER. An engine is rebuilt when a directory it
-imports from changes (a package installed or upgraded), as a cold start would see the change.
+often for engines to pay off (a job env that differs run by run), their runs start cold. Any
+trouble with a warm engine (it failed to start, died, refused or did not answer) starts the
+run cold and is said once; a failed engine is tried again after _RETRY_AFTER. An engine is
+rebuilt when a directory it imports from changes (a package installed or upgraded), as a
+cold start would see the change.
 """
 
 from __future__ import annotations
