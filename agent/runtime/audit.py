@@ -40,15 +40,18 @@ class StartAudit:
         self._interval = interval
         # A bulk state change holds the SQLite write lock for a while; during a claim
         # burst (ours, or other agents' on the same pools) it would slow every claim down.
-        # The check waits for a quiet moment, but never more than a few intervals.
+        # The check waits for a quiet moment; while none comes, it reports one batch every
+        # few intervals.
         self._busy = busy
         self._queue: list[str] = []
 
     def add(self, run_id: str) -> None:
         self._queue.append(run_id)
 
-    async def flush(self) -> None:
-        while self._queue:
+    async def flush(self, *, batches: int | None = None) -> None:
+        """Report the queued runs that are still PENDING: all of them, or `batches` batches."""
+        while self._queue and (batches is None or batches > 0):
+            batches = None if batches is None else batches - 1
             batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
             still_pending = {"id": {"any_": batch}, "state": {"type": {"any_": ["PENDING"]}}}
             try:
@@ -66,8 +69,15 @@ class StartAudit:
         deferred = 0
         while True:
             await anyio.sleep(self._interval)
-            if self._queue and self._busy() and deferred < _MAX_DEFERRALS:
-                deferred += 1
+            if not self._queue:
                 continue
-            deferred = 0
-            await self.flush()
+            if not self._busy():
+                deferred = 0
+                await self.flush()
+                continue
+            # busy: one batch every few intervals at most, the rest once it is quiet (all of
+            # it at once would stall every claim of a long drain for seconds)
+            deferred += 1
+            if deferred >= _MAX_DEFERRALS:
+                deferred = 0
+                await self.flush(batches=1)
