@@ -22,7 +22,8 @@ from typing import Final
 import anyio
 
 from agent.backends.base import BackendError
-from agent.backends.process.warm import WarmEngine, WarmProcess
+from agent.backends.process.warm import WarmEngine
+from agent.backends.process.warm_process import WarmProcess
 
 __all__ = ["LINE_LIMIT", "launch_message", "record_path_in", "start_supervised"]
 

@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import psutil
 
+from agent.backends.process.warm_process import WarmProcess
 from agent.observe.logging import get_logger
 
-__all__ = ["WarmEngine", "WarmProcess"]
+__all__ = ["WarmEngine"]
 
 log = get_logger("agent.backends.process.warm")
 
@@ -50,7 +50,6 @@ _READY_TIMEOUT: Final = 60.0  # seconds for the engine to import Prefect (a cold
 _ANSWER_TIMEOUT: Final = 10.0  # seconds for a fork's pid
 _RETRY_AFTER: Final = 300.0  # seconds before trying again after the engine failed
 _MESSAGE_LIMIT: Final = 1 << 20  # zygote.py's
-_ORPHAN_POLL: Final = 0.2
 _MAX_ENGINES: Final = 3  # warm engines for different environments at once
 _CHURN_STARTS: Final = 2 * _MAX_ENGINES  # engines started within _CHURN_WINDOW: enough
 _CHURN_WINDOW: Final = 600.0
@@ -65,40 +64,6 @@ Key = frozenset[tuple[str, str]]
 def _key(env: Mapping[str, str]) -> Key:
     """A run's environment but for its run variables: what its engine is started with."""
     return frozenset((k, v) for k, v in env.items() if not k.startswith(_RUN_VARIABLES))
-
-
-class WarmProcess:
-    """A warm-started run's supervisor, with what the backend uses of an asyncio Process:
-    `pid`, `stdout`, `returncode`, `wait()`. Its parent is the warm engine, which tells us
-    its exit status; were the engine to die first, the status comes from the run's record."""
-
-    def __init__(self, pid: int, stdout: asyncio.StreamReader | None, marker: str | None) -> None:
-        self.pid = pid
-        self.stdout = stdout
-        self.returncode: int | None = None
-        self.pipes: tuple[int, int] = (-1, -1)  # CTL's write end, STATUS's read end (spawn.py)
-        self._marker = marker
-        self._done = asyncio.Event()
-
-    async def wait(self) -> int:
-        await self._done.wait()
-        assert self.returncode is not None
-        return self.returncode
-
-    def exited(self, code: int) -> None:
-        if self.returncode is None:
-            self.returncode = code
-            self._done.set()
-
-    async def orphaned(self) -> None:
-        """The warm engine died: wait for the supervisor to end, read its recorded status."""
-        while _running(self.pid):
-            await anyio.sleep(_ORPHAN_POLL)
-        code = _recorded_exit(self._marker)
-        if code is None:
-            log.warning("a warm-started run's exit status is lost: the warm engine died first", pid=self.pid)
-            code = 1
-        self.exited(code)
 
 
 class _Zygote:
@@ -396,20 +361,3 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return -1.0
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _recorded_exit(marker: str | None) -> int | None:
-    if marker is None:
-        return None
-    try:
-        code = json.loads(Path(marker).read_bytes()).get("exit")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return int(code) if isinstance(code, int) else None
