@@ -156,3 +156,43 @@ def test_runs_of_new_environments_start_cold_while_engines_churn(monkeypatch) ->
     assert said.lines == [
         "run environments change too often for warm engines; runs of a new environment start cold"
     ]
+
+
+_PRELOADED = """
+import importlib.util, sys
+import prefect.engine, pydantic
+from prefect.client.schemas.objects import FlowRun
+
+def models():
+    seen, todo = set(), [pydantic.BaseModel]
+    while todo:
+        for model in todo.pop().__subclasses__():
+            if model not in seen:
+                seen.add(model)
+                todo.append(model)
+    return seen
+
+def deferred():
+    return sum(not m.__dict__.get("__pydantic_complete__", True) for m in models())
+
+spec = importlib.util.spec_from_file_location("zygote", sys.argv[1])
+zygote = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zygote)
+before, flow_run_before = deferred(), FlowRun.__pydantic_complete__
+zygote._preload()
+print(before, flow_run_before, deferred(), FlowRun.__pydantic_complete__,
+      "anyio._backends._asyncio" in sys.modules)
+"""
+
+
+def test_the_warm_engine_builds_the_models_prefect_defers_before_any_run_forks() -> None:
+    import subprocess
+
+    # a fresh interpreter: this one's pydantic models may have been built by other tests
+    done = subprocess.run(
+        [sys.executable, "-c", _PRELOADED, str(warm.ZYGOTE)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    before, flow_run_before, after, flow_run_after, anyio_backend = done.stdout.split()
+    assert int(before) > 100 and flow_run_before == "False"
+    assert int(after) == 0 and flow_run_after == "True" and anyio_backend == "True"
