@@ -205,6 +205,10 @@ class PrefectClient:
         data = await self.request("POST", "/flow_runs/filter", json=body)
         return [FlowRun.model_validate(item) for item in data or []]
 
+    async def read_flow_run_states(self, run_id: str) -> list[State]:
+        data = await self.request("GET", "/flow_run_states/", params={"flow_run_id": run_id})
+        return [State.model_validate(item) for item in data or []]
+
     async def update_flow_run(self, run_id: str, **fields: Any) -> None:
         await self.request("PATCH", f"/flow_runs/{run_id}", json=fields, persistent=True)
 

@@ -32,6 +32,7 @@ from agent.runtime.deployments import DeploymentCache
 from agent.runtime.events import EventStream
 from agent.runtime.hooks import FlowHooks
 from agent.runtime.jobs import JobBuilder
+from agent.runtime.labels import OwnerLabels
 from agent.runtime.ownership import Owner
 from agent.runtime.poller import Poller
 from agent.runtime.pools import PoolError, Pools
@@ -101,6 +102,7 @@ class Agent:
             api, interval=settings.cancel_check_interval, busy=lambda: self.poller.draining
         )
         self.owner = Owner.me(settings.name)
+        self.labels = OwnerLabels(api, self.owner)
         self.stop = anyio.Event()
         self.force = anyio.Event()
         self._build_loops()
@@ -118,7 +120,7 @@ class Agent:
             kill_grace=settings.kill_grace,
             metrics=self.metrics,
             redact=REDACTOR.mask,
-            owner=self.owner,
+            labels=self.labels,
             hooks=FlowHooks(settings.python),
         )
         self.poller = Poller(
@@ -222,6 +224,7 @@ class Agent:
         async with anyio.create_task_group() as services:
             services.start_soon(self.watchdog.heartbeat_loop)
             services.start_soon(self.audit.run)
+            services.start_soon(self.labels.run)
             services.start_soon(self.notifier.watchdog_loop)
             if self.settings.events:
                 services.start_soon(self.events.run)
@@ -232,6 +235,7 @@ class Agent:
                 if await self._drain():
                     runs.cancel_scope.cancel()  # stop watching what was left running
             await self.audit.flush()
+            await self.labels.flush()
             services.cancel_scope.cancel()
 
     async def _reconcile(self, runs: TaskGroup) -> None:

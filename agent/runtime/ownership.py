@@ -26,6 +26,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,9 +34,9 @@ from enum import StrEnum
 import psutil
 
 from agent.api import FlowRun, StateType, WorkPool
-from agent.api.models import Worker
+from agent.api.models import State, Worker
 
-__all__ = ["Liveness", "Owner", "Verdict", "judge", "owner_of"]
+__all__ = ["Liveness", "Owner", "Verdict", "claim_in", "judge", "owner_of"]
 
 STALE_HEARTBEATS = 3  # heartbeats missed before a worker counts as gone (Prefect's foreman uses 3)
 SWEEP_SECONDS = 15.0  # slack for late heartbeats (the foreman's own loop period)
@@ -93,11 +94,28 @@ def owner_of(run: FlowRun) -> Owner | None:
             float(started) if _is_float(started) else None,
         )
     state = run.state
-    if state is not None and state.type is StateType.PENDING and state.message:
-        match = _CLAIM.match(state.message)
-        if match:
-            return Owner(match["name"], match["instance"], match["host"], int(match["pid"]))
+    if state is not None and state.type is StateType.PENDING:
+        return _claimant(state)
     return None
+
+
+def claim_in(history: Iterable[State]) -> tuple[Owner, datetime | None] | None:
+    """Who made the newest claim in a run's state history, and when: the owner of a run whose
+    labels were never written (their write can fail for minutes on SQLite); None when the
+    newest PENDING is not a flow-agent's claim, or there is none."""
+    claims = [state for state in history if state.type is StateType.PENDING]
+    if not claims:
+        return None
+    newest = max(claims, key=lambda state: state.timestamp or datetime.min.replace(tzinfo=UTC))
+    owner = _claimant(newest)
+    return None if owner is None else (owner, newest.timestamp)
+
+
+def _claimant(state: State) -> Owner | None:
+    match = _CLAIM.match(state.message or "")
+    if match is None:
+        return None
+    return Owner(match["name"], match["instance"], match["host"], int(match["pid"]))
 
 
 def _is_float(value: object) -> bool:

@@ -26,6 +26,7 @@ import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 
 import anyio
 from anyio.abc import TaskGroup
@@ -36,7 +37,7 @@ from agent.backends.base import Backend, BackendError, Handle, Job
 from agent.infra import InfraError
 from agent.observe.logging import REDACTOR, get_logger
 from agent.runtime.jobs import JobBuilder
-from agent.runtime.ownership import Owner, Verdict, age_seconds, judge, owner_of
+from agent.runtime.ownership import Owner, Verdict, age_seconds, claim_in, judge, owner_of
 from agent.runtime.pools import Pools
 from agent.runtime.runner import Runner
 from agent.runtime.slots import Slots
@@ -79,6 +80,8 @@ class Reconciler:
         # a remote launch the dead owner sent may still land this long after its claim
         self._launch_grace = launch_grace
         self.left_alone: dict[str, str] = {}  # run id -> why it is left as it is (for operators)
+        # run id -> (the state it was in, the claim its history holds): read once per state
+        self._claims: dict[str, tuple[str | None, tuple[Owner, datetime | None] | None]] = {}
         self.passes = 0
 
     async def run(self, runs: TaskGroup) -> None:
@@ -107,6 +110,7 @@ class Reconciler:
         self.passes += 1
         live = {run.id for run in candidates}
         self.left_alone = {k: v for k, v in self.left_alone.items() if k in live}
+        self._claims = {k: v for k, v in self._claims.items() if k in live}
         return acted
 
     async def _unfinished(self) -> list[FlowRun]:
@@ -126,18 +130,32 @@ class Reconciler:
 
     async def _consider(self, run: FlowRun, workers: dict[str, dict[str, Worker]], runs: TaskGroup) -> int:
         owner = owner_of(run)
+        claimed_at = run.state.timestamp if run.state and run.state.type is StateType.PENDING else None
         if owner is None:
-            return await self._unowned(run, runs)
+            claim = await self._claim(run)
+            if claim is None:
+                return await self._unowned(run, runs)
+            owner, claimed_at = claim
         pool = run.work_pool_name or ""
         if owner.host != self._me.host and owner.name != self._me.name and pool not in workers:
             workers[pool] = {w.name: w for w in await self._api.read_workers(pool)}
-        claimed_at = run.state.timestamp if run.state and run.state.type is StateType.PENDING else None
         verdict = judge(owner, self._me, workers=workers.get(pool, {}), claimed_at=claimed_at)
         if not verdict.dead:
             if verdict.liveness.value == "unknown":
                 self._leave(run, verdict.reason)
             return 0
         return await self._settle(run, owner, verdict, runs)
+
+    async def _claim(self, run: FlowRun) -> tuple[Owner, datetime | None] | None:
+        """The newest claim in the history of a run past PENDING that has no owner's labels."""
+        if run.state is None or run.state.type is StateType.PENDING:
+            return None  # owner_of read the claim off the state itself
+        known = self._claims.get(run.id)
+        if known is not None and known[0] == run.state.id:
+            return known[1]
+        claim = claim_in(await self._api.read_flow_run_states(run.id))
+        self._claims[run.id] = (run.state.id, claim)
+        return claim
 
     async def _unowned(self, run: FlowRun, runs: TaskGroup) -> int:
         """A run no flow-agent claimed (Prefect's worker, an older flow-agent): at start only,

@@ -27,16 +27,13 @@ from agent.infra import InfraError
 from agent.observe.logging import REDACTOR, get_logger
 from agent.observe.metrics import Metrics, outcome_label
 from agent.outcome import Outcome
-from agent.retry import retry_scope
 from agent.runtime.audit import StartAudit
 from agent.runtime.deployments import DeploymentCache
 from agent.runtime.hooks import FlowHooks, Which
 from agent.runtime.jobs import JobBuilder
-from agent.runtime.ownership import Owner
+from agent.runtime.labels import OwnerLabels
 
 __all__ = ["Runner"]
-
-_LABEL_BUDGET = 5.0  # seconds the owner's labels may hold back the pid report
 
 
 class KillReason(StrEnum):
@@ -72,12 +69,12 @@ class Runner:
         kill_grace: float,
         metrics: Metrics,
         redact: Callable[[str], str] = REDACTOR.mask_text,
-        owner: Owner | None = None,
+        labels: OwnerLabels | None = None,
         hooks: FlowHooks | None = None,
     ) -> None:
         self._metrics = metrics
         self._hooks = hooks or FlowHooks(sys.executable)
-        self._owner = owner  # who this agent is, written on every run it takes
+        self._labels = labels  # who this agent is, written on every run it takes
         self._api = api
         self._backends = backends
         self._jobs = jobs
@@ -210,18 +207,10 @@ class Runner:
             return exc
 
     async def label(self, run_id: str, pool: WorkPool) -> None:
-        """Say on the run that this agent owns it (Prefect's worker labels and our own)."""
-        if self._owner is None:
-            return
-        try:
-            # Bounded: the pid report waits for this, and the claim's message already names
-            # the owner of a PENDING run; labels only matter once the engine runs it.
-            with retry_scope(budget=_LABEL_BUDGET, maximum=1.0):
-                await self._api.set_flow_run_labels(run_id, self._owner.labels(pool))
-        except ApiError as exc:  # transient for too long, or deleted meanwhile
-            get_logger("agent.runtime.runner", flow_run_id=run_id).warning(
-                "could not label the run with its owner", error=str(exc)
-            )
+        """Say on the run that this agent owns it (Prefect's worker labels and our own): at
+        once, or soon after (labels.py); the claim's message already names the owner."""
+        if self._labels is not None:
+            await self._labels.write(run_id, pool)
 
     async def adopt(
         self,

@@ -225,3 +225,43 @@ def test_an_owner_that_is_alive_is_left_alone(
     # the reconciler looks every second: five looks, and the claim stands
     holds_for(lambda: state_type(api.read_flow_run(run_id)) == "PENDING", 5, message="the claim stands")
     assert agent.alive()
+
+
+def test_a_run_whose_owner_labels_were_never_written_is_still_settled(
+    any_api: PrefectAPI, pool: str, any_start_agent, tmp_path: Path
+) -> None:
+    """On SQLite the labels' write can fail for minutes (a burst of claims): a run the dead
+    agent claimed and its engine moved on to RUNNING carries no label, and its current state
+    says nothing of who claimed it. The claim in its history still does."""
+    api, start_agent = any_api, any_start_agent
+    api.create_process_pool(pool)
+    deployment = _nap_deployment(api, pool, tmp_path)
+    orphan, alive = _runs(api, deployment, 2, 0, tmp_path / "ran.txt")
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    owners = {orphan: gone.pid, alive: os.getpid()}
+    for run_id, pid in owners.items():
+        _claim_as(api, run_id, _owner_labels(pid))
+        body = {"state": {"type": "RUNNING", "name": "Running"}, "force": True}  # as its engine would
+        api.request("POST", f"/flow_runs/{run_id}/set_state", json=body)
+        assert not (api.read_flow_run(run_id).get("labels") or {}).get("flow-agent.instance")
+
+    agent = start_agent(pool, env=FAST)
+
+    def crashed() -> dict[str, Any] | None:
+        run = api.read_flow_run(orphan)
+        return run if state_type(run) == "CRASHED" else None
+
+    settled = wait_for(crashed, 60, interval=0.5, message="the run of the dead claimant settled")
+    assert f"pid {gone.pid}" in state_message(settled), state_message(settled)
+    assert state_type(api.read_flow_run(alive)) == "RUNNING"  # its claimant (this test) lives
+    assert agent.alive()
+
+
+def _owner_labels(pid: int) -> dict[str, str]:
+    return {
+        "prefect.worker.name": "someone-else",
+        "flow-agent.instance": uuid.uuid4().hex[:12],
+        "flow-agent.pid": str(pid),
+        "flow-agent.host": socket.gethostname(),
+    }

@@ -10,7 +10,7 @@ import psutil
 
 from agent.api import FlowRun, WorkPool
 from agent.api.models import State, StateType, Worker
-from agent.runtime.ownership import Liveness, Owner, judge, owner_of
+from agent.runtime.ownership import Liveness, Owner, claim_in, judge, owner_of
 
 POOL = WorkPool(id="p-1", name="etl", type="process")
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -89,3 +89,22 @@ def test_replaced_under_the_same_name_elsewhere_is_dead_and_this_instance_alive(
     predecessor = Owner(me.name, "aaaaaaaaaaaa", "old-pod", 1, None)
     assert judge(predecessor, me, workers={}, claimed_at=None).dead
     assert judge(me, me, workers={}, claimed_at=None).liveness is Liveness.ALIVE
+
+
+def test_the_newest_claim_in_the_history_names_the_owner_once_the_run_moved_on() -> None:
+    first, second = Owner("a", "aaaaaaaaaaaa", "h1", 1), Owner("b", "bbbbbbbbbbbb", "h2", 2)
+
+    def state(kind: StateType, minute: int, message: str | None = None) -> State:
+        return State(type=kind, message=message, timestamp=NOW + timedelta(minutes=minute))
+
+    history = [
+        state(StateType.RUNNING, 5),
+        state(StateType.PENDING, 1, first.claim_message()),
+        state(StateType.SCHEDULED, 0),
+        state(StateType.PENDING, 4, second.claim_message()),  # claimed again after a retry
+        state(StateType.SCHEDULED, 3),
+    ]
+    assert claim_in(history) == (second, NOW + timedelta(minutes=4))
+    # the newest PENDING is someone else's (Prefect's worker): no flow-agent owns it now
+    assert claim_in([*history, state(StateType.PENDING, 6, "Submitted by worker")]) is None
+    assert claim_in([state(StateType.SCHEDULED, 0), state(StateType.RUNNING, 1)]) is None
