@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -24,11 +25,19 @@ from typing import Any, Final
 import psutil
 
 from agent.backends.base import BackendError
-from agent.backends.process.spawn import record_path_in
 from agent.observe.logging import REDACTOR
 from agent.outcome import Outcome, Reason
 
-__all__ = ["Record", "RecordStore", "alive", "find_by_env", "identify", "recorded_outcome", "reloaded"]
+__all__ = [
+    "Record",
+    "RecordStore",
+    "alive",
+    "find_by_env",
+    "identify",
+    "record_path_in",
+    "recorded_outcome",
+    "reloaded",
+]
 
 _VERSION: Final = 1
 _CLOCK_SLACK: Final = 1.0  # create times are wall clock from boot time in whole seconds
@@ -214,6 +223,13 @@ def find_by_env(flow_run_id: str, host: str) -> Record | None:
             f"processes {', '.join(map(str, stray))} of flow run {flow_run_id} run on {host} "
             "without their process group's leader; flow-agent will not adopt or kill them"
         )
+    return None
+
+
+def record_path_in(argv: Sequence[str]) -> str | None:
+    """The record path in a supervisor's command line (as spawn.py lays it out), if it is one."""
+    if len(argv) > 8 and argv[3].endswith("shim.py") and argv[8] == "--" and argv[7] != "-":
+        return argv[7]
     return None
 
 

@@ -25,7 +25,7 @@ from agent.backends.base import BackendError
 from agent.backends.process.warm import WarmEngine
 from agent.backends.process.warm_process import WarmProcess
 
-__all__ = ["LINE_LIMIT", "launch_message", "record_path_in", "start_supervised"]
+__all__ = ["LINE_LIMIT", "launch_message", "start_supervised"]
 
 SHIM: Final = str(Path(__file__).with_name("shim.py"))
 LINE_LIMIT: Final = 1 << 20
@@ -150,16 +150,10 @@ def _argv(
     ctl: object, status: object, relay: object, marker: str | None, command: Sequence[str]
 ) -> list[str]:
     # -I: no PYTHON* variables, user site or script directory; -S: no site-packages at all.
-    # `relay` is a bool, or a placeholder the warm engine fills in (zygote.py).
+    # `relay` is a bool, or a placeholder the warm engine fills in (zygote.py); the layout
+    # is what records.record_path_in reads back
     flag = relay if isinstance(relay, str) else "1" if relay else "0"
     return [sys.executable, "-I", "-S", SHIM, str(ctl), str(status), flag, marker or "-", "--", *command]
-
-
-def record_path_in(argv: Sequence[str]) -> str | None:
-    """The record path in a supervisor's command line (as `_argv` lays it out), if it is one."""
-    if len(argv) > 8 and argv[3].endswith("shim.py") and argv[8] == "--" and argv[7] != "-":
-        return argv[7]
-    return None
 
 
 async def _started(

@@ -3,19 +3,19 @@
 It stands where a cold launch has an asyncio Process: the same `pid`, `stdout`,
 `returncode` and `wait()`. Its parent is the warm engine, which tells warm.py its exit
 status; were the engine to die first, the status comes from the run's record, which the
-supervisor wrote (read here as JSON: records.py imports spawn.py, which imports this).
+supervisor wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Final
 
 import anyio
 import psutil
 
+from agent.backends.process.records import Record
 from agent.observe.logging import get_logger
 
 __all__ = ["WarmProcess"]
@@ -70,7 +70,7 @@ def _recorded_exit(marker: str | None) -> int | None:
     if marker is None:
         return None
     try:
-        code = json.loads(Path(marker).read_bytes()).get("exit")
-    except (OSError, ValueError, AttributeError):
+        record = Record.from_json(Path(marker).read_bytes())
+    except OSError:
         return None
-    return int(code) if isinstance(code, int) else None
+    return None if record is None else record.exit
