@@ -71,9 +71,9 @@ class _Recorded:
         return self.pages[min(len(self.requests), len(self.pages)) - 1]
 
 
-def _output(lines: list[str]) -> TaskOutput:
+def _output(lines: list[str], emit: Any = None) -> TaskOutput:
     sdk = SdkCalls(RetryPolicy(initial=0.01, maximum=0.01, budget=0.1), translate)
-    output = TaskOutput(sdk, {}, lines.append, "flow-run-1", interval=0.01)
+    output = TaskOutput(sdk, {}, emit or lines.append, "flow-run-1", interval=0.01)
     output.task_definition_arn = TD_ARN
     return output
 
@@ -183,3 +183,19 @@ def test_motos_get_log_events_answers_validate_against_botocore() -> None:
     assert end["events"] == [] and end["nextForwardToken"] == page["nextForwardToken"]  # as documented
     for answer in seen:
         assert shape_errors(answer, SHAPE) == [], answer
+
+
+def test_a_failing_sink_ends_the_output_once_and_never_the_watch() -> None:
+    aws, calls = _Recorded(), []
+
+    def broken(line: str) -> None:
+        calls.append(line)
+        raise OSError("the sink is gone")
+
+    output = _output([], broken)
+    with structlog.testing.capture_logs() as logs:
+        anyio.run(output.drain, aws, "prefect", TASK)  # raises nothing
+    assert calls == ["Downloading flow code from storage"] and output.closed
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "the output sink failed; no more output is sent"
+    ]

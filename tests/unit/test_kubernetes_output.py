@@ -113,3 +113,24 @@ def test_rfc3339nano_drops_trailing_zeros_as_go_does() -> None:
     assert rfc3339nano(second + 500_000_000) == "2026-12-02T10:00:04.5Z"
     assert rfc3339nano(second + 500_001_000) == "2026-12-02T10:00:04.500001Z"
     assert rfc3339nano(second) == "2026-12-02T10:00:04Z"
+
+
+def test_a_failing_sink_ends_the_output_once_and_never_the_watch() -> None:
+    import structlog
+
+    from agent.backends.kubernetes.output import JobOutput
+
+    calls: list[str] = []
+
+    def broken(line: str) -> None:
+        calls.append(line)
+        raise OSError("the sink is gone")
+
+    output = JobOutput(None, None, "default", "job-1", broken, "flow-run-1", interval=0.01)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        for text in ("first line", "second line", "third line"):
+            output._emit_text(text)  # what the reader thread hands over, line by line
+    assert calls == ["first line"] and output.closed
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "the output sink failed; no more output is sent"
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -110,3 +111,24 @@ def test_customizations_patch_the_launch_payload(tmp_path: Path) -> None:
 
     assert anyio.run(scenario).succeeded
     assert marker.read_text().strip() == "patched"
+
+
+def test_a_failing_output_sink_never_stalls_the_process_or_loses_its_end() -> None:
+    """More output than a pipe holds, to a sink that fails at once: the output is still read
+    (a full pipe would block the flow forever), and the run ends with its own code."""
+    calls: list[str] = []
+
+    def broken(line: str) -> None:
+        calls.append(line)
+        raise OSError("the sink is gone")
+
+    async def scenario():
+        backend = ProcessBackend(BackendOptions(), hostname="here")
+        job = _job(f"{sys.executable} -c \"[print('x' * 99, i) for i in range(3000)]; raise SystemExit(3)\"")
+        handle = await backend.launch(replace(job, output=broken))
+        with anyio.fail_after(60):
+            return await backend.wait(handle)
+
+    outcome = anyio.run(scenario)
+    assert outcome.reason is Reason.EXITED and outcome.exit_code == 3
+    assert "2999" in outcome.detail and len(calls) == 1

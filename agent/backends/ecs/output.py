@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import anyio
 
-from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, OutputSink
+from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, OutputSink, sent
 from agent.backends.ecs.aws import Aws
 from agent.backends.sdk import SdkCalls
 from agent.observe.logging import REDACTOR, get_logger
@@ -174,10 +174,13 @@ class TaskOutput:
 
     def _emit_message(self, message: str) -> None:
         # masked first, then split and stripped: a secret must match before any cut
+        if self.closed:
+            return
         for line in REDACTOR.mask_text(message).splitlines():
             line = line.rstrip()
-            if line:
-                self._emit(line)
+            if line and not sent(self._emit, line, "ecs", self._flow_run_id):
+                self.closed = True  # the sink failed: no more output, the watch goes on
+                return
 
     def _give_up(self, why: str) -> None:
         self.closed = True

@@ -33,7 +33,7 @@ from typing import Any, Final
 import anyio
 import anyio.from_thread
 
-from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, OutputSink
+from agent.backends.base import BackendError, BackendUnavailable, InfrastructureNotFound, OutputSink, sent
 from agent.backends.kubernetes.cluster import ApiException, Cluster
 from agent.backends.kubernetes.status import pod_started
 from agent.backends.sdk import SdkCalls
@@ -231,8 +231,8 @@ class JobOutput:
     def _emit_text(self, text: str) -> None:
         # masked first, then stripped: a secret must match before any cut
         line = REDACTOR.mask_text(text).rstrip()
-        if line:
-            self._emit(line)
+        if line and not self.closed and not sent(self._emit, line, "kubernetes", self._flow_run_id):
+            self.closed = True  # the sink failed: no more output, the watch goes on
 
     def _give_up(self, why: str) -> None:
         self.closed = True

@@ -37,6 +37,7 @@ from agent.backends.base import (
     LaunchError,
     OutputSink,
     output_sink,
+    sent,
 )
 from agent.backends.engine import Watched, WatchEngine
 from agent.backends.process import workspace
@@ -201,7 +202,7 @@ class ProcessBackend:
         try:
             if child.stdout is not None:  # EOF comes when the supervisor exits
                 emit = output_sink(self.kind, watched.flow_run_id, watched.state.output)
-                await self._pump(child.stdout, watched.state.tail, emit)
+                await self._pump(child.stdout, watched.state.tail, emit, watched.flow_run_id)
         finally:
             code = await child.wait()
             self._control.unregister(watched.flow_run_id)
@@ -210,7 +211,9 @@ class ProcessBackend:
             self._engine.end(watched, Outcome(Reason.EXITED, exit_code=code, detail=detail))
 
     @staticmethod
-    async def _pump(stream: asyncio.StreamReader, tail: deque[str], emit: OutputSink) -> None:
+    async def _pump(
+        stream: asyncio.StreamReader, tail: deque[str], emit: OutputSink | None, flow_run_id: str
+    ) -> None:
         while True:
             try:
                 raw = await stream.readline()
@@ -223,7 +226,9 @@ class ProcessBackend:
             line = REDACTOR.mask_text(raw.decode(errors="replace")).rstrip()
             if line:
                 tail.append(REDACTOR.clip(line, 300))
-                emit(line)
+                # a failed sink ends the output, not the reading: a full pipe would stall the flow
+                if emit is not None and not sent(emit, line, "process", flow_run_id):
+                    emit = None
 
     # -- wait, inspect, find ---------------------------------------------------------------------
 
