@@ -114,5 +114,8 @@ class OwnerLabels:
             return True
         except ApiError:
             return False
+        except Exception as exc:  # noqa: BLE001 - one run's labels must never stop the agent
+            log.warning("could not label the run with its owner", flow_run_id=run_id, error=repr(exc))
+            return True
         self.written_late += 1
         return True
