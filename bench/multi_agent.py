@@ -202,6 +202,7 @@ def agents(
                 drained_at = time.time()
                 break
             time.sleep(0.25)
+        labels = owner_labels(api, prep["deployment_id"], runs) if drained_at else {}
         time.sleep(1.0)  # let the last answers land in the counters
         metrics = [scrape(port) for port in ports]
     finally:
@@ -227,7 +228,28 @@ def agents(
         "lost_races_from": lost_from,
         "lost_share": None if lost is None else round(lost / max(1, sum(claimed) + lost), 3),
         "api_errors": int(sum(m.get("flow_agent_api_errors_total") or 0 for m in metrics)),
+        **labels,
     }
+
+
+def owner_labels(api: Api, deployment_id: str, runs: int, within: float = 30.0) -> dict[str, Any]:
+    """How many runs carry their owner's labels when the pool is drained, and how long after
+    that until all do (the agents write what the server refused later, SQLite's 503s)."""
+    start = time.time()
+    at_drain = None
+    while True:
+        labelled = sum(
+            1 for r in read_runs(api, deployment_id) if (r.get("labels") or {}).get("flow-agent.instance")
+        )
+        at_drain = labelled if at_drain is None else at_drain
+        waited = time.time() - start
+        if labelled >= runs or waited > within:
+            return {
+                "labelled_at_drain": at_drain,
+                "labelled_at_end": labelled,
+                "all_labelled_after_s": round(waited, 1) if labelled >= runs else None,
+            }
+        time.sleep(0.5)
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -276,11 +298,19 @@ def lost(run: dict[str, Any]) -> str:
     return f"{run['lost_races']} ({run['lost_share']:.1%})"
 
 
+def labelled(run: dict[str, Any]) -> str:
+    if run.get("labelled_at_drain") is None:
+        return "n/a"
+    after = run["all_labelled_after_s"]
+    return f"{run['labelled_at_drain']} ({after if after is not None else 'not all'})"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| database | agents | claims/s | server ceiling (raw, same concurrency) | share of ceiling "
-        "| drained after (s) | claims per agent | lost races (share of claims) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| drained after (s) | claims per agent | lost races (share of claims) "
+        "| owner labels at drain (all after s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for res in results:
         for run, top in zip(res["agents"], res["ceiling"], strict=True):
@@ -293,7 +323,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {res['database']} | {run['agents']} | {run['claims_per_s']} "
                 f"| {top['claims_per_s']} (C={top['concurrency']}) | {share} | {run['drain_s']} "
                 f"| {' / '.join(map(str, run['claimed_per_agent']))} "
-                f"| {lost(run)} |"
+                f"| {lost(run)} | {labelled(run)} |"
             )
     return "\n".join(lines)
 
