@@ -90,7 +90,7 @@ def _pumped(output: bytes) -> list[str]:
         reader.feed_data(output)
         reader.feed_eof()
         tail: Any = __import__("collections").deque(maxlen=5)
-        await ProcessBackend._pump(reader, tail, output_sink("process", "run-1"))
+        await ProcessBackend._pump(reader, tail, output_sink("process", "run-1"), "run-1")
         return list(tail)
 
     with contextlib.redirect_stderr(io.StringIO()):
