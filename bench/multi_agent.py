@@ -6,7 +6,8 @@ races, and the server's own claim ceiling, on SQLite and on PostgreSQL.
 
 For each database: one fresh Prefect 3.8.8 server (PostgreSQL: a throwaway cluster, as the
 tests start it). Then, one after the other on that server, each with its own pool and a
-backlog of `--runs` runs created before anything claims (`command: true`, as bench/run.py):
+backlog of `--runs` runs created before anything claims (`command: true`, as bench/run.py),
+deleted once the case is measured, so that every case starts on a database of one size:
 
 * **ceiling, concurrency C**: no agent; the bench itself sends the raw claims, `POST
   /flow_runs/{id}/set_state` PENDING with a fresh transition id, C at a time (C = 8 x the
@@ -120,12 +121,28 @@ def ceiling(api: Api, api_url: str, runs: int, concurrency: int) -> dict[str, An
     counts = asyncio.run(_raw_claims(api_url, prep["run_ids"], concurrency))
     wall = time.monotonic() - t0
     times = claim_times(api, prep["run_ids"])
+    forget(api, prep["deployment_id"])
     return {
         "concurrency": concurrency,
         "claims_per_s": rate(times),
         "wall_s": round(wall, 2),
         **counts,
     }
+
+
+def forget(api: Api, deployment_id: str) -> None:
+    """Delete a finished case's runs, so that every case starts on a database of one size
+    (kept, the case run second on a PostgreSQL server was the slower one in both orders)."""
+    while (
+        api.call(
+            "POST",
+            "/flow_runs/bulk_delete",
+            json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200},
+        )
+        .json()
+        .get("deleted")
+    ):
+        pass
 
 
 # -- k agents ---------------------------------------------------------------------------------------
@@ -210,6 +227,7 @@ def agents(
             kill_group(proc, 30)
         shutil.rmtree(home, ignore_errors=True)
     times = claim_times(api, prep["run_ids"])
+    forget(api, prep["deployment_id"])
     claimed = [int(m.get("flow_agent_runs_claimed_total") or 0) for m in metrics]
     counted = [m.get("flow_agent_claims_lost_total") for m in metrics]
     if all(c is not None for c in counted):
