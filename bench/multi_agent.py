@@ -137,7 +137,7 @@ def forget(api: Api, deployment_id: str) -> None:
         api.call(
             "POST",
             "/flow_runs/bulk_delete",
-            json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200},
+            json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 50},  # its maximum
         )
         .json()
         .get("deleted")
