@@ -48,7 +48,7 @@ class OwnerLabels:
         self._spacing = spacing  # the longest pause between two failed attempts
         self._later: deque[tuple[str, dict[str, str], float]] = deque()
         self._queued = anyio.Event()
-        self.written_late = 0  # for tests and the debug log: what the lane wrote
+        self.written_late = 0  # what the lane wrote (the tests read it)
 
     @property
     def pending(self) -> int:
