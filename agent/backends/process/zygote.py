@@ -106,6 +106,12 @@ def _preload():
 def _complete_models():
     """Build every pydantic model Prefect defers (252 in 3.8.8: its client schemas) as each
     run would at its first use: ~2 MiB of a fork's private memory, built once and shared."""
+    for model in _models():
+        if not model.__dict__.get("__pydantic_complete__", True):
+            _complete(model)
+
+
+def _models():
     import pydantic
 
     seen, todo = set(), [pydantic.BaseModel]
@@ -114,9 +120,7 @@ def _complete_models():
             if model not in seen:
                 seen.add(model)
                 todo.append(model)
-    for model in seen:
-        if not model.__dict__.get("__pydantic_complete__", True):
-            _complete(model)
+    return seen
 
 
 def _complete(model):
